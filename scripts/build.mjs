@@ -1,0 +1,50 @@
+// Build: one CommonJS bundle of the library (dist/index.js), one per spec file (dist/spec/**), the bench.
+//
+// Why a bundler: tfjs-core 4.22's ESM build cannot be loaded by Node (extensionless imports) and its CommonJS
+// build registers no gradients. esbuild with mainFields [module, main] bundles the ESM builds of tfjs-core
+// and the backends into CommonJS that plain `node` runs, keeping the packages' side-effect imports (kernel
+// and gradient registration: tfjs lists them under "sideEffects", which esbuild honours). The native
+// `webgpu` addon stays external. Types come from `tsc --emitDeclarationOnly`.
+import * as esbuild from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, statSync, rmSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const walk = (dir) =>
+  readdirSync(join(root, dir)).flatMap((name) => {
+    const rel = join(dir, name);
+    if (name === 'fixtures') return [];
+    return statSync(join(root, rel)).isDirectory() ? walk(rel) : [rel];
+  });
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  mainFields: ['module', 'main'],
+  external: ['webgpu'],
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  // tfjs prints a banner suggesting tfjs-node on first use; it is noise for our users.
+  define: { 'process.env.NODE_ENV': '"production"' },
+};
+
+rmSync(join(root, 'dist'), { recursive: true, force: true });
+const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
+await Promise.all([
+  esbuild.build({ ...common, entryPoints: { index: join(root, 'src/index.ts') }, outdir: join(root, 'dist') }),
+  existsSync(join(root, 'src/bench.ts')) &&
+    esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/bench.ts') }, outdir: join(root, 'dist') }),
+  specs.length &&
+    esbuild.build({
+      ...common,
+      entryPoints: specs.map((f) => join(root, f)),
+      outbase: root,
+      outdir: join(root, 'dist'),
+    }),
+]);
+if (!process.argv.includes('--no-types')) {
+  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+}

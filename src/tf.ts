@@ -1,0 +1,20 @@
+/**
+ * The one TensorFlow.js the whole package uses.
+ *
+ * Why this file exists: tfjs-core 4.22 ships two builds and neither loads well in Node on its own. Its ESM
+ * build has the gradients (`dist/register_all_gradients.js`, which not even its own index imports) but uses extensionless relative imports that Node's ESM
+ * loader rejects; its CommonJS build (`dist/tf-core.node.js`) loads but registers no gradients
+ * (`register_all_gradients` exists only as ESM). We therefore bundle the ESM build with esbuild
+ * (`mainFields: module,main`, see scripts/build.mjs) into one CommonJS file, keeping the side-effect
+ * imports (kernel and gradient registration). Everything in the package imports tf from here, and the
+ * package re-exports it, so a user (or a tslab notebook) never holds two copies of tfjs.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+// Gradients live in a side-effect module that only the ESM build has; tfjs-core's index does not import it.
+import '@tensorflow/tfjs-core/dist/register_all_gradients';
+import '@tensorflow/tfjs-backend-cpu';
+import '@tensorflow/tfjs-backend-wasm';
+import '@tensorflow/tfjs-backend-webgpu';
+
+export { tf };
+export type { Tensor, Rank } from '@tensorflow/tfjs-core';
