@@ -1,1 +1,2 @@
 export { tf } from './tf';
+export * from './runtime';

@@ -1,0 +1,48 @@
+/**
+ * Register an ava test once per backend: `backendTest(title, impl, { webgpu: true })` registers
+ * `${title} [cpu]`, `${title} [wasm]` and, when asked for and available, `${title} [webgpu]`.
+ *
+ * Serial, because the backend is process-wide state in tfjs. Read tensors with `await t.data()`: the
+ * webgpu backend in Node has no `dataSync`. `PALIGEMMA_TEST_BACKENDS=cpu,wasm` limits the backends.
+ */
+import type { ExecutionContext, TestFn } from 'ava';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { setBackend, type BackendName, type BackendInfo } from '../../src/runtime';
+
+/**
+ * ava itself, loaded at run time. scripts/build.mjs bundles every import of a spec, and a bundled copy of
+ * ava is a second instance that the ava worker never initialised ("assert(refs.runnerChain)" at load).
+ * Specs import `test` from here instead of from 'ava'.
+ */
+export const test: TestFn = createRequire(__filename)('ava');
+
+export const swiftShaderIcd = '/usr/lib/chromium/vk_swiftshader_icd.json';
+
+/** True when a WebGPU adapter is likely here: the SwiftShader ICD is named and present, or env says so. */
+export function webgpuAvailable(): boolean {
+  if (process.env.PALIGEMMA_WEBGPU === '1') return true;
+  if (process.env.PALIGEMMA_WEBGPU === '0') return false;
+  const icd = process.env.VK_ICD_FILENAMES;
+  return icd != null && icd.split(':').some((f) => existsSync(f));
+}
+
+/** The backends tests run on: cpu and wasm, webgpu when requested and available; env can restrict. */
+export function testBackends(opts: { webgpu?: boolean } = {}): BackendName[] {
+  const all: BackendName[] = ['cpu', 'wasm', ...(opts.webgpu && webgpuAvailable() ? ['webgpu' as const] : [])];
+  const only = process.env.PALIGEMMA_TEST_BACKENDS;
+  if (!only) return all;
+  const wanted = only.split(',').map((s) => s.trim());
+  return all.filter((b) => wanted.includes(b));
+}
+
+export type BackendImpl = (t: ExecutionContext, backend: BackendInfo) => Promise<void> | void;
+
+export function backendTest(title: string, impl: BackendImpl, opts: { webgpu?: boolean } = {}): void {
+  for (const name of testBackends(opts)) {
+    test.serial(`${title} [${name}]`, async (t) => {
+      const info = await setBackend(name);
+      await impl(t, info);
+    });
+  }
+}
