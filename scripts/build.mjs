@@ -24,7 +24,8 @@ const common = {
   format: 'cjs',
   target: 'node20',
   mainFields: ['module', 'main'],
-  external: ['webgpu'],
+  // webgpu is a native addon; ava must be the runner's own instance (a bundled copy has no runner).
+  external: ['webgpu', 'ava'],
   sourcemap: 'linked',
   logLevel: 'warning',
   // tfjs prints a banner suggesting tfjs-node on first use; it is noise for our users.
