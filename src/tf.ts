@@ -18,3 +18,8 @@ import '@tensorflow/tfjs-backend-webgpu';
 
 export { tf };
 export type { Tensor, Rank } from '@tensorflow/tfjs-core';
+
+// tfjs would otherwise start on its highest-priority backend (wasm), which needs an async initialisation
+// before the first op: start on cpu, which initialises synchronously, so plain synchronous use works;
+// `setBackend('auto' | ...)` (src/runtime.ts) moves to a faster one.
+void tf.setBackend('cpu');

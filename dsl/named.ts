@@ -1,0 +1,84 @@
+/**
+ * Named tensors: a tfjs tensor plus the names of its axes.
+ *
+ * The names live in the type (`Named<['batch', 'seq', 'embed']>`) so that contractions and alignments are
+ * checked by the compiler; the sizes stay runtime values, checked at every op with errors that name the
+ * axis, both sizes and both operands. Type-level code only compares and removes names: no arithmetic on
+ * sizes and no string parsing (both hit TypeScript's recursion limits and give unreadable errors).
+ */
+import { tf } from '../src/tf';
+
+export type Axes = readonly string[];
+
+/** A tensor whose axes carry names. Plain record: `tidy` finds the tensor inside and keeps or frees it. */
+export class Named<A extends Axes = Axes> {
+  constructor(
+    readonly tensor: tf.Tensor,
+    readonly axes: A,
+  ) {}
+
+  get shape(): readonly number[] {
+    return this.tensor.shape;
+  }
+
+  get rank(): number {
+    return this.axes.length;
+  }
+
+  get dtype(): tf.DataType {
+    return this.tensor.dtype;
+  }
+
+  /** Size of a named axis. */
+  size(axis: A[number]): number {
+    const i = this.axes.indexOf(axis);
+    if (i < 0) throw new Error(`size: no axis '${axis}' in ${describe(this)}`);
+    return this.tensor.shape[i];
+  }
+
+  dispose(): void {
+    this.tensor.dispose();
+  }
+}
+
+/** `[batch=2, seq=5]`: axes with sizes, for error messages. */
+export const describe = (x: Named): string =>
+  `[${x.axes.map((a, i) => `${a}=${x.tensor.shape[i]}`).join(', ')}]`;
+
+/** Wrap a tensor, checking that the number of names matches its rank and that names are unique. */
+export function named<const A extends Axes>(tensor: tf.Tensor, axes: A): Named<A> {
+  if (tensor.rank !== axes.length) {
+    throw new Error(`named: ${axes.length} names [${axes.join(', ')}] for a rank-${tensor.rank} tensor of shape [${tensor.shape.join(', ')}]`);
+  }
+  const seen = new Set<string>();
+  for (const a of axes) {
+    if (seen.has(a)) throw new Error(`named: axis '${a}' appears twice in [${axes.join(', ')}]`);
+    seen.add(a);
+  }
+  return new Named(tensor, axes);
+}
+
+/** Build a float32 (or int32) named tensor from flat values and a record of axis sizes. */
+export function fromValues<const A extends Axes>(
+  values: ArrayLike<number>,
+  axes: A,
+  shape: readonly number[],
+  dtype: 'float32' | 'int32' = 'float32',
+): Named<A> {
+  const n = shape.reduce((a, b) => a * b, 1);
+  if (values.length !== n) {
+    throw new Error(`fromValues: ${values.length} values for shape [${shape.join(', ')}] (${n}) of axes [${axes.join(', ')}]`);
+  }
+  return named(tf.tensor(values as Float32Array, shape as number[], dtype), axes);
+}
+
+/** Check that `x` has exactly these sizes (by name): the runtime half of a decoder's shape check. */
+export function checkSizes(x: Named, sizes: Readonly<Record<string, number>>, what: string): void {
+  for (const [axis, expected] of Object.entries(sizes)) {
+    const i = x.axes.indexOf(axis);
+    if (i < 0) throw new Error(`${what}: no axis '${axis}' in ${describe(x)}`);
+    if (x.tensor.shape[i] !== expected) {
+      throw new Error(`${what}: '${axis}' is ${x.tensor.shape[i]} but ${expected} was expected, in ${describe(x)}`);
+    }
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Explicit PRNG keys (as in JAX): a key is two uint32 words; `split` derives independent keys
+ * deterministically, and random bits are a pure function of (key, counter). Bits are made on the host with
+ * Threefry-2x32 (Salmon et al. 2011, 20 rounds), so the same key gives the same dropout mask on every
+ * backend.
+ */
+import { tf } from '../src/tf';
+import { Named, named, type Axes } from './named';
+import { scoped } from './ops';
+
+export type Key = readonly [number, number];
+
+/** A key from an integer seed (< 2^53). */
+export function key(seed: number): Key {
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`key: seed must be a non-negative safe integer, got ${seed}`);
+  return [Math.floor(seed / 2 ** 32) >>> 0, seed >>> 0];
+}
+
+const ROTATIONS = [13, 15, 26, 6, 17, 29, 16, 24];
+const rotl = (x: number, r: number) => ((x << r) | (x >>> (32 - r))) >>> 0;
+
+/** Threefry-2x32 of the counter (c0, c1) under key k: two uint32 words. */
+export function threefry2x32(k: Key, c0: number, c1: number): [number, number] {
+  const ks = [k[0] >>> 0, k[1] >>> 0, (0x1bd11bda ^ k[0] ^ k[1]) >>> 0];
+  let x0 = (c0 + ks[0]) >>> 0;
+  let x1 = (c1 + ks[1]) >>> 0;
+  for (let group = 0; group < 5; group++) {
+    for (let r = 0; r < 4; r++) {
+      x0 = (x0 + x1) >>> 0;
+      x1 = rotl(x1, ROTATIONS[(group % 2) * 4 + r]) ^ x0;
+    }
+    // key injection after every 4 rounds
+    x0 = (x0 + ks[(group + 1) % 3]) >>> 0;
+    x1 = (x1 + ks[(group + 2) % 3] + group + 1) >>> 0;
+  }
+  return [x0, x1];
+}
+
+/** n new keys from one. */
+export function split(k: Key, n = 2): Key[] {
+  return Array.from({ length: n }, (_, i) => threefry2x32(k, 0, i) as Key);
+}
+
+/** A key for a sub-computation named by an integer (e.g. a layer index). */
+export const foldIn = (k: Key, data: number): Key => threefry2x32(k, 1, data >>> 0) as Key;
+
+/** n uniform floats in [0, 1), 24 bits each. */
+export function uniformBits(k: Key, n: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const [a, b] = threefry2x32(k, 2, i >>> 1);
+    out[i] = (a >>> 8) / 16777216;
+    if (i + 1 < n) out[i + 1] = (b >>> 8) / 16777216;
+  }
+  return out;
+}
+
+/**
+ * Inverted dropout: keep each element with probability 1 - rate and scale kept ones by 1 / (1 - rate)
+ * (keras' Dropout). rate 0 or no key is the identity.
+ */
+export function dropout<A extends Axes>(x: Named<A>, rate: number, k: Key | undefined): Named<A> {
+  if (rate < 0 || rate >= 1) throw new Error(`dropout: rate must be in [0, 1), got ${rate}`);
+  if (!k || rate === 0) return x;
+  const n = x.tensor.size;
+  const u = uniformBits(k, n);
+  const keep = new Float32Array(n);
+  const s = 1 / (1 - rate);
+  for (let i = 0; i < n; i++) keep[i] = u[i] >= rate ? s : 0;
+  return scoped(() => named(tf.mul(x.tensor, tf.tensor(keep, x.shape as number[])), x.axes));
+}
+
+export const isNamed = (x: unknown): x is Named => x instanceof Named;
