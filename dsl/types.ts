@@ -46,4 +46,4 @@ export type Contractible<A extends Axes, B extends Axes, C extends string> = C e
 export type AxisOf<A extends Axes, C extends string> = C extends A[number] ? C : `no axis '${C}' in [${Join<A>}]`;
 
 /** A name that `x` must not have yet, else a message. */
-export type FreshAxis<A extends Axes, C extends string> = C extends A[number] ? `axis '${C}' already in [${Join<A>}]` : C;
+export type FreshAxis<A extends Axes, C extends string> = string extends A[number] ? C : C extends A[number] ? `axis '${C}' already in [${Join<A>}]` : C;

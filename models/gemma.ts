@@ -1,0 +1,123 @@
+/**
+ * Gemma / Gemma 2 decoder blocks as PaliGemma uses them (keras_hub `PaliGemmaDecoderBlock` and
+ * `CachedGemmaAttention`; big_vision `models/ppp/gemma.py`).
+ *
+ *   h = RMSNorm(x);  a = Attention(h, mask);  [a = RMSNorm(a)];  x = x + dropout(a)
+ *   h = RMSNorm(x);  f = (gelu_tanh(h W_gating) * (h W_gating_2)) W_linear;  [f = RMSNorm(f)];  x = x + f
+ *
+ * Attention: RoPE on q and k; GQA (query head n reads kv head n // (Hq / Hkv)); optional soft cap of the
+ * logits before masking; masked softmax in float32; a query with no visible key outputs 0.
+ *
+ * Axes: batch, seq (queries), key_seq (keys), embed (D), heads (Hq), kv_heads (Hkv), groups (Hq / Hkv),
+ * head_dim (H), ffw (intermediate_dim / 2).
+ */
+import * as d from '../dsl';
+import type { Key, Named } from '../dsl';
+import type { PaliGemmaConfig } from './config';
+
+// -------------------------------------------------------------------------------------------------
+// params. Kernels are stored [in..., out...] (contracted axes first) so that each projection is one 2-D
+// untransposed matMul; the checkpoint codec permutes keras' layout by name.
+// -------------------------------------------------------------------------------------------------
+
+export interface RmsNormParams {
+  readonly scale: Named<readonly ['embed']>;
+}
+
+export interface DecoderBlockParams {
+  readonly pre_attention_norm: RmsNormParams;
+  readonly attention: {
+    readonly query: Named<readonly ['embed', 'heads', 'head_dim']>;
+    readonly key: Named<readonly ['embed', 'kv_heads', 'head_dim']>;
+    readonly value: Named<readonly ['embed', 'kv_heads', 'head_dim']>;
+    readonly output: Named<readonly ['heads', 'head_dim', 'embed']>;
+  };
+  readonly post_attention_norm?: RmsNormParams;
+  readonly pre_ffw_norm: RmsNormParams;
+  readonly gating_ffw: Named<readonly ['embed', 'ffw']>;
+  readonly gating_ffw_2: Named<readonly ['embed', 'ffw']>;
+  readonly ffw_linear: Named<readonly ['ffw', 'embed']>;
+  readonly post_ffw_norm?: RmsNormParams;
+}
+
+export type Hidden = Named<readonly ['batch', 'seq', 'embed']>;
+/** Keys or values of one layer, keys after RoPE: [batch, key_seq, kv_heads, head_dim]. */
+export type KV = Named<readonly ['batch', 'key_seq', 'kv_heads', 'head_dim']>;
+
+export interface BlockOptions {
+  /** Boolean [batch, seq, key_seq] (or any subset of those axes): true where a query may see a key. */
+  readonly mask: Named;
+  /** Float positions of the queries, [seq] or [batch, seq], for RoPE. */
+  readonly positions: Named;
+  /** Keys and values of earlier positions (generation): the new ones are appended after them. */
+  readonly cache?: { readonly key: KV; readonly value: KV };
+  /** Training: dropout keys for this layer; absent at inference (dropout is the identity). */
+  readonly dropoutKey?: Key;
+  /** keras_hub as it is, not as documented: queries always scaled by 1/sqrt(head_dim), RMSNorm eps 1e-6. */
+  readonly compat?: 'keras_hub';
+}
+
+/** The query scale. Documented: 1/sqrt(H) when query_head_dim_normalize, else 1/sqrt(D / Hq). */
+export function queryScale(c: PaliGemmaConfig, compat?: 'keras_hub'): number {
+  // keras_hub's code always uses 1/sqrt(head_dim) (wrong for PaliGemma 2 28B, whose flag is false).
+  if (compat === 'keras_hub' || c.query_head_dim_normalize) return 1 / Math.sqrt(c.head_dim);
+  return 1 / Math.sqrt(c.hidden_dim / c.num_query_heads);
+}
+
+/** Epsilon of the decoder-block RMSNorms: documented layer_norm_epsilon; keras_hub's code leaves 1e-6. */
+export const blockEpsilon = (c: PaliGemmaConfig, compat?: 'keras_hub'): number => (compat === 'keras_hub' ? 1e-6 : c.layer_norm_epsilon);
+
+const rms = (x: Named, p: RmsNormParams, eps: number) => d.rmsNorm(x, p.scale, 'embed' as never, eps);
+
+// -------------------------------------------------------------------------------------------------
+// attention
+// -------------------------------------------------------------------------------------------------
+
+export function attention(
+  p: DecoderBlockParams['attention'],
+  c: PaliGemmaConfig,
+  x: Hidden,
+  o: BlockOptions,
+): { out: Hidden; key: KV; value: KV } {
+  return d.scoped(() => {
+    const groups = c.num_query_heads / c.num_key_value_heads;
+    const q0 = d.rope(d.dot(x, p.query, 'embed'), o.positions, 'head_dim'); // [batch, seq, heads, head_dim]
+    const q = d.splitAxis(d.scale(q0, queryScale(c, o.compat)), 'heads', ['kv_heads', 'groups'] as const, [c.num_key_value_heads, groups]);
+    const kNew = d.rename(d.rope(d.dot(x, p.key, 'embed'), o.positions, 'head_dim'), 'seq', 'key_seq'); // [batch, key_seq, kv_heads, head_dim]
+    const vNew = d.rename(d.dot(x, p.value, 'embed'), 'seq', 'key_seq');
+    const key = (o.cache ? d.concat([o.cache.key as Named, kNew as Named], 'key_seq' as never) : kNew) as KV;
+    const value = (o.cache ? d.concat([o.cache.value as Named, vNew as Named], 'key_seq' as never) : vNew) as KV;
+    let logits: Named = d.dot(q, key, 'head_dim'); // [batch, seq, kv_heads, groups, key_seq]
+    if (c.attention_logit_soft_cap !== null) logits = d.softCap(logits, c.attention_logit_soft_cap); // before masking
+    let probs = d.softmax(logits, 'key_seq' as never, o.mask);
+    if (o.dropoutKey) probs = d.dropout(probs, c.dropout, d.foldIn(o.dropoutKey, 0));
+    const heads = d.mergeAxes(d.dot(probs, value as Named, 'key_seq' as never), ['kv_heads', 'groups'] as never, 'heads'); // [batch, seq, heads, head_dim]
+    const out = d.dot(heads as Named, p.output as Named, 'heads' as never, 'head_dim' as never) as unknown as Hidden; // [batch, seq, embed]
+    return { out, key, value };
+  });
+}
+
+// -------------------------------------------------------------------------------------------------
+// block
+// -------------------------------------------------------------------------------------------------
+
+export function decoderBlock(p: DecoderBlockParams, c: PaliGemmaConfig, x: Hidden, o: BlockOptions): { x: Hidden; key: KV; value: KV } {
+  return d.scoped(() => {
+    const eps = blockEpsilon(c, o.compat);
+    const att = attention(p.attention, c, rms(x, p.pre_attention_norm, eps) as Hidden, o);
+    let a: Named = att.out;
+    if (p.post_attention_norm) a = rms(a, p.post_attention_norm, eps);
+    if (o.dropoutKey) a = d.dropout(a, c.dropout, d.foldIn(o.dropoutKey, 1));
+    const h = d.add(x, a) as unknown as Hidden;
+    const y = rms(h, p.pre_ffw_norm, eps);
+    // the FFN is intermediate_dim / 2 wide: keras_hub's intermediate_dim counts both gates
+    const gate = d.geluTanh(d.dot(y, p.gating_ffw as Named, 'embed' as never));
+    const up = d.dot(y, p.gating_ffw_2 as Named, 'embed' as never);
+    let f: Named = d.dot(d.mul(gate, up), p.ffw_linear as Named, 'ffw' as never);
+    if (p.post_ffw_norm) f = rms(f, p.post_ffw_norm, eps);
+    return { x: d.add(h, f) as unknown as Hidden, key: att.key, value: att.value };
+  });
+}
+
+/** Sliding-window layers: only even-indexed layers, only when the config turns the window on. */
+export const isSlidingLayer = (c: PaliGemmaConfig, layer: number): boolean => c.use_sliding_window_attention && layer % 2 === 0;

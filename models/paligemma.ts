@@ -1,0 +1,172 @@
+/**
+ * PaliGemma (1 and 2): SigLIP image tokens prepended to scaled text embeddings, a Gemma / Gemma 2 decoder
+ * under a prefix-LM mask, a final RMSNorm, and tied-embedding logits (keras_hub `PaliGemmaBackbone`,
+ * `PaliGemmaCausalLM`; big_vision `models/proj/paligemma/paligemma.py`). Math: ../shared/docs/SEMANTICS.md.
+ *
+ *   x = concat([vit(images), token_embedding[token_ids] * sqrt(D)], seq)       # [batch, N + T, embed]
+ *   for each layer: x = decoderBlock(x, prefix-LM mask (+ sliding window on even layers), RoPE 0..L-1)
+ *   sequence_output = RMSNorm(x)
+ *   logits = softcap(sequence_output[:, N:] . token_embedding^T)               # [batch, T, vocab]
+ *
+ * Params carry their config, so the model is a pure function `backbone(params, inputs, options)`.
+ */
+import { tf } from '../src/tf';
+import * as d from '../dsl';
+import type { Key, Named } from '../dsl';
+import { imageSequenceLength, type PaliGemmaConfig } from './config';
+import { decoderBlock, isSlidingLayer, type DecoderBlockParams, type Hidden, type KV, type RmsNormParams } from './gemma';
+import { vit, type Images, type VitParams } from './siglip';
+
+export interface PaliGemmaParams {
+  readonly config: PaliGemmaConfig;
+  readonly token_embedding: Named<readonly ['vocab', 'embed']>;
+  readonly vit: VitParams;
+  readonly layers: readonly DecoderBlockParams[];
+  readonly final_norm: RmsNormParams;
+}
+
+/** keras_hub's inputs: images [-1, 1] NHWC float32; token_ids, padding_mask, response_mask int32 [batch, seq]. */
+export interface BackboneInputs {
+  readonly images: Images;
+  readonly token_ids: Named<readonly ['batch', 'seq']>;
+  readonly padding_mask: Named<readonly ['batch', 'seq']>;
+  readonly response_mask: Named<readonly ['batch', 'seq']>;
+}
+
+export interface BackboneOptions {
+  /** Training: dropout where keras_hub applies it (attention probabilities and the attention branch). */
+  readonly train?: { readonly key: Key };
+  /** Reproduce keras_hub's code where it departs from its documentation (../shared/docs/SEMANTICS.md). */
+  readonly compat?: 'keras_hub';
+  /** Called with intermediate tensors (names as in the fixtures' debug/). Keep what you need with tf.keep(tf.clone(...)). */
+  readonly debug?: (name: string, x: Named) => void;
+}
+
+export { imageSequenceLength };
+
+/** The tied input/output embedding (keras_hub's `backbone.token_embedding`). */
+export const tokenEmbedding = (p: PaliGemmaParams): Named<readonly ['vocab', 'embed']> => p.token_embedding;
+
+// -------------------------------------------------------------------------------------------------
+// masks
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * The prefix-LM mask, boolean [batch, seq, key_seq] over image + text:
+ *   allowed[b, i, j] = (pad[b, j] && !resp[b, j]) || (resp[b, j] && j <= i)
+ * with pad = [1]*N ++ padding_mask and resp = [0]*N ++ response_mask: image and prompt see each other both
+ * ways and never the response; the response is causal; padded keys are never visible. On sliding layers
+ * also |i - j| <= window - 1 (symmetric, so it also cuts the prefix).
+ */
+export function prefixLmMask(
+  paddingMask: Named<readonly ['batch', 'seq']>,
+  responseMask: Named<readonly ['batch', 'seq']>,
+  imageTokens: number,
+  slidingWindow?: number,
+): Named<readonly ['batch', 'seq', 'key_seq']> {
+  return d.scoped(() => {
+    const batch = paddingMask.size('batch');
+    const length = imageTokens + paddingMask.size('seq');
+    const extend = (m: Named, fill: number) =>
+      tf.concat([tf.fill([batch, imageTokens], fill, 'int32'), tf.cast(tf.notEqual(m.tensor, 0), 'int32')], 1);
+    const pad = tf.cast(extend(paddingMask, 1), 'bool'); // [batch, key_seq]
+    const resp = tf.cast(extend(responseMask, 0), 'bool');
+    const i = tf.reshape(tf.range(0, length, 1, 'int32'), [length, 1]); // queries
+    const j = tf.reshape(tf.range(0, length, 1, 'int32'), [1, length]); // keys
+    const causal = tf.lessEqual(j, i); // [seq, key_seq]
+    const prefixKey = tf.expandDims(tf.logicalAnd(pad, tf.logicalNot(resp)), 1); // [batch, 1, key_seq]
+    const responseKey = tf.expandDims(resp, 1);
+    let allowed = tf.logicalOr(prefixKey, tf.logicalAnd(responseKey, tf.expandDims(causal, 0)));
+    if (slidingWindow !== undefined) {
+      allowed = tf.logicalAnd(allowed, tf.expandDims(tf.lessEqual(tf.abs(tf.sub(i, j)), slidingWindow - 1), 0));
+    }
+    return d.named(allowed, ['batch', 'seq', 'key_seq'] as const);
+  });
+}
+
+// -------------------------------------------------------------------------------------------------
+// forward
+// -------------------------------------------------------------------------------------------------
+
+export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
+  const [b, t] = x.token_ids.shape;
+  const expect = (name: string, got: readonly number[], want: readonly number[]) => {
+    if (got.length !== want.length || got.some((g, i) => g !== want[i])) {
+      throw new Error(`backbone: ${name} has shape [${got.join(', ')}], expected [${want.join(', ')}]`);
+    }
+  };
+  expect('images', x.images.shape, [b, c.image_size, c.image_size, 3]);
+  expect('padding_mask', x.padding_mask.shape, [b, t]);
+  expect('response_mask', x.response_mask.shape, [b, t]);
+}
+
+/** Image and scaled text embeddings, concatenated: [batch, N + T, embed]. */
+export function embedInputs(p: PaliGemmaParams, x: BackboneInputs, debug?: BackboneOptions['debug']): Hidden {
+  return d.scoped(() => {
+    const c = p.config;
+    const image = d.rename(vit(p.vit, c, x.images, debug) as Named<readonly ['batch', 'patches', 'embed']>, 'patches', 'seq');
+    debug?.('image_embeddings', image);
+    // sqrt(D) rounded to float32 first, as keras_hub does (ops.cast(ops.sqrt(hidden_dim), dtype))
+    const text = d.scale(d.embed(p.token_embedding, x.token_ids), Math.fround(Math.sqrt(c.hidden_dim))); // not applied to images
+    debug?.('text_embeddings_scaled', text);
+    return d.concat([image as Named, text as Named], 'seq' as never) as unknown as Hidden;
+  });
+}
+
+/** Positions 0..L-1 over image + text (padding does not shift them). */
+export const positions = (length: number, offset = 0): Named<readonly ['seq']> =>
+  d.named(tf.range(offset, offset + length, 1, 'float32'), ['seq'] as const);
+
+/** Runs the decoder over `x` with the prefix-LM masks; returns the hidden states and every layer's K/V. */
+export function decode(
+  p: PaliGemmaParams,
+  x: Hidden,
+  paddingMask: BackboneInputs['padding_mask'],
+  responseMask: BackboneInputs['response_mask'],
+  options: BackboneOptions = {},
+): { x: Hidden; cache: Array<{ key: KV; value: KV }> } {
+  return d.scoped(() => {
+    const c = p.config;
+    const n = imageSequenceLength(c);
+    const pos = positions(x.size('seq'));
+    const full = prefixLmMask(paddingMask, responseMask, n);
+    const sliding = c.use_sliding_window_attention ? prefixLmMask(paddingMask, responseMask, n, c.sliding_window_size) : full;
+    const cache: Array<{ key: KV; value: KV }> = [];
+    let h = x;
+    p.layers.forEach((layer, i) => {
+      const mask = isSlidingLayer(c, i) ? sliding : full;
+      options.debug?.(`attention_mask_layer${i}`, mask);
+      const key = options.train ? d.foldIn(options.train.key, i) : undefined;
+      const out = decoderBlock(layer, c, h, { mask, positions: pos, dropoutKey: key, compat: options.compat });
+      h = out.x;
+      cache.push({ key: out.key, value: out.value });
+      options.debug?.(`decoder_block_${i}_output`, h);
+    });
+    return { x: h, cache };
+  });
+}
+
+/** keras_hub's `PaliGemmaBackbone` call: sequence_output [batch, N + T, embed] (final RMSNorm at every position). */
+export function backbone(p: PaliGemmaParams, inputs: BackboneInputs, options: BackboneOptions = {}): Hidden {
+  checkInputs(p.config, inputs);
+  return d.scoped(() => {
+    const x = embedInputs(p, inputs, options.debug);
+    const { x: h } = decode(p, x, inputs.padding_mask, inputs.response_mask, options);
+    return d.rmsNorm(h, p.final_norm.scale, 'embed', p.config.layer_norm_epsilon) as Hidden;
+  });
+}
+
+/**
+ * `PaliGemmaCausalLM` logits from the backbone output: text positions only, tied embedding, final soft cap.
+ * [batch, T, vocab].
+ */
+export function logits(p: PaliGemmaParams, sequenceOutput: Hidden, options: Pick<BackboneOptions, 'debug'> = {}): Named<readonly ['batch', 'seq', 'vocab']> {
+  return d.scoped(() => {
+    const n = imageSequenceLength(p.config);
+    const text = d.slice(sequenceOutput, 'seq', n, sequenceOutput.size('seq') - n);
+    let out: Named = d.dot(text, p.token_embedding, 'embed');
+    options.debug?.('logits_before_soft_cap', out);
+    if (p.config.final_logit_soft_cap !== null) out = d.softCap(out, p.config.final_logit_soft_cap);
+    return out as Named<readonly ['batch', 'seq', 'vocab']>;
+  });
+}

@@ -1,0 +1,159 @@
+/**
+ * Golden-fixture I/O: the format of ../shared/fixtures (raw little-endian C-order `.bin` files described
+ * by `{file, dtype, shape}` entries of a `manifest.json`), and `runFixture`, which computes every output a
+ * manifest asks for from its preset (the `paligemma run-fixture` contract).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { tf } from './tf';
+import * as d from '../dsl';
+import type { Named } from '../dsl';
+import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../models/paligemma';
+import { vit } from '../models/siglip';
+import { byKerasPath } from '../checkpoints/params';
+import { loadPreset } from './preset';
+import { writeFileAtomic } from './atomic';
+
+export type BinDType = 'float32' | 'int32' | 'uint8' | 'float64' | 'uint32';
+export interface BinEntry {
+  readonly file: string;
+  readonly dtype: BinDType;
+  readonly shape: readonly number[];
+}
+export interface Manifest {
+  readonly name?: string;
+  readonly inputs: Readonly<Record<string, BinEntry>>;
+  readonly outputs: Readonly<Record<string, BinEntry>>;
+  readonly debug?: Readonly<Record<string, BinEntry>>;
+  readonly gradients?: Readonly<Record<string, BinEntry & { keras_path?: string }>>;
+  readonly loss_inputs?: Readonly<Record<string, BinEntry>>;
+  readonly options?: { readonly compat?: 'keras_hub' };
+  readonly [k: string]: unknown;
+}
+
+export type BinArray = Float32Array | Int32Array | Uint8Array | Float64Array | Uint32Array;
+
+const ctors = { float32: Float32Array, int32: Int32Array, uint8: Uint8Array, float64: Float64Array, uint32: Uint32Array } as const;
+
+export function readManifest(dir: string): Manifest {
+  const file = path.join(dir, 'manifest.json');
+  if (!fs.existsSync(file)) throw new Error(`${file}: no such file (a fixture directory has a manifest.json)`);
+  const m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  if (typeof m.inputs !== 'object' || typeof m.outputs !== 'object') throw new Error(`${file}: expected "inputs" and "outputs" objects`);
+  return m;
+}
+
+/** Read one `.bin` tensor, checking its byte size against dtype and shape. */
+export function readBin(dir: string, e: BinEntry): BinArray {
+  const file = path.join(dir, e.file);
+  const Ctor = ctors[e.dtype];
+  if (!Ctor) throw new Error(`${file}: unsupported dtype ${e.dtype}`);
+  const buf = fs.readFileSync(file);
+  const n = e.shape.reduce((a, b) => a * b, 1);
+  if (buf.byteLength !== n * Ctor.BYTES_PER_ELEMENT) {
+    throw new Error(`${file}: ${buf.byteLength} bytes, expected ${n * Ctor.BYTES_PER_ELEMENT} for ${e.dtype} [${e.shape.join(', ')}]`);
+  }
+  const out = new Ctor(n);
+  new Uint8Array(out.buffer).set(buf);
+  return out;
+}
+
+/** Write a `.bin` tensor atomically. */
+export function writeBin(dir: string, file: string, data: BinArray): void {
+  writeFileAtomic(path.join(dir, file), new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+}
+
+/** The four backbone inputs of a manifest as named tensors. */
+export function fixtureInputs(dir: string, m: Manifest): BackboneInputs {
+  const get = (k: string) => {
+    const e = m.inputs[k];
+    if (!e) throw new Error(`${path.join(dir, 'manifest.json')}: inputs.${k} is missing`);
+    return tf.tensor(readBin(dir, e) as Float32Array, e.shape as number[], e.dtype === 'float32' ? 'float32' : 'int32');
+  };
+  return {
+    images: d.named(get('images'), ['batch', 'height', 'width', 'channels'] as const),
+    token_ids: d.named(get('token_ids'), ['batch', 'seq'] as const),
+    padding_mask: d.named(get('padding_mask'), ['batch', 'seq'] as const),
+    response_mask: d.named(get('response_mask'), ['batch', 'seq'] as const),
+  };
+}
+
+export interface Computed {
+  readonly outputs: Map<string, { shape: number[]; data: Float32Array }>;
+  readonly gradients: Map<string, { shape: number[]; data: Float32Array; keras_path?: string }>;
+}
+
+const read = async (x: Named | tf.Tensor) => {
+  const t = x instanceof tf.Tensor ? x : x.tensor;
+  return { shape: [...t.shape], data: (await t.data()) as Float32Array };
+};
+
+/** Everything the manifest lists, computed from `<dir>/preset` on the current backend. */
+export async function computeFixture(dir: string, m: Manifest = readManifest(dir), params?: PaliGemmaParams): Promise<Computed> {
+  const own = params ?? loadPreset(path.join(dir, 'preset'));
+  const compat = m.options?.compat;
+  const inputs = fixtureInputs(dir, m);
+  const outputs: Computed['outputs'] = new Map();
+  const gradients: Computed['gradients'] = new Map();
+  try {
+    const seq = backbone(own, inputs, { compat });
+    if ('sequence_output' in m.outputs) outputs.set('sequence_output', await read(seq));
+    if ('logits' in m.outputs) {
+      const l = logits(own, seq);
+      outputs.set('logits', await read(l));
+      l.dispose();
+    }
+    if ('vit_output' in m.outputs) {
+      const v = d.scoped(() => vit(own.vit, { ...own.config }, inputs.images));
+      // a pooled ViT output is one token; the manifest stores it as [batch, embed]
+      const flat = tf.reshape(v.tensor, [v.shape[0], v.shape[2]]);
+      outputs.set('vit_output', await read(flat));
+      tf.dispose([v.tensor, flat]);
+    }
+    seq.dispose();
+    if (m.loss_inputs?.R) {
+      const R = d.named(tf.tensor(readBin(dir, m.loss_inputs.R) as Float32Array, m.loss_inputs.R.shape as number[]), ['batch', 'seq', 'embed'] as const);
+      const { value, grads } = lossAndGrads(own, inputs, R, compat);
+      outputs.set('loss', { shape: [1], data: Float32Array.from(await value.data()) });
+      const byPath = byKerasPath(grads.params);
+      for (const [k, g] of byPath) gradients.set(k, { ...(await read(g)), keras_path: k });
+      gradients.set('images', await read(grads.images));
+      tf.dispose([value, R.tensor, grads.images.tensor, ...d.leaves(grads.params).map(([, x]) => x.tensor), ...[...byPath.values()].map((x) => x.tensor)]);
+    }
+  } finally {
+    tf.dispose(d.collectTensors(inputs));
+    if (!params) d.disposeTree(own);
+  }
+  return { outputs, gradients };
+}
+
+/** loss = sum(sequence_output * R) and its gradient with respect to every weight and the images. */
+export function lossAndGrads(p: PaliGemmaParams, inputs: BackboneInputs, R: Named, compat?: 'keras_hub') {
+  const { value, grads } = d.valueAndGrad(
+    (both: { params: PaliGemmaParams; images: Named }) =>
+      d.sumAll(d.mul(backbone(both.params, { ...inputs, images: both.images as BackboneInputs['images'] }, { compat }), R)),
+    { params: p, images: inputs.images as Named },
+  );
+  return { value, grads };
+}
+
+/** Write computed outputs in the fixture format: `<out>/outputs/*.bin`, `<out>/gradients/*.bin`, manifest. */
+export function writeComputed(outDir: string, c: Computed): void {
+  fs.mkdirSync(path.join(outDir, 'outputs'), { recursive: true });
+  const manifest: { outputs: Record<string, BinEntry>; gradients?: Record<string, BinEntry & { keras_path?: string }> } = { outputs: {} };
+  for (const [k, v] of c.outputs) {
+    const file = `outputs/${k}.bin`;
+    writeBin(outDir, file, v.data);
+    manifest.outputs[k] = { file, dtype: 'float32', shape: v.shape };
+  }
+  if (c.gradients.size > 0) {
+    fs.mkdirSync(path.join(outDir, 'gradients'), { recursive: true });
+    manifest.gradients = {};
+    for (const [k, v] of c.gradients) {
+      const file = `gradients/${k.replace(/\//g, '__')}.bin`;
+      writeBin(outDir, file, v.data);
+      manifest.gradients[k] = { file, dtype: 'float32', shape: v.shape, ...(v.keras_path ? { keras_path: v.keras_path } : {}) };
+    }
+  }
+  writeFileAtomic(path.join(outDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+}
