@@ -190,6 +190,9 @@ function toNamed(s: WeightSpec, values: Float32Array): d.Named {
   });
 }
 
+/** The non-tensor part of params: the config, and the layer lists (empty when a config has 0 layers). */
+export const skeleton = (config: PaliGemmaConfig): Record<string, unknown> => ({ config, layers: [], vit: { blocks: [] } });
+
 /** Build a pytree from specs and a value source (after checks). */
 export function buildTree<T>(specs: readonly WeightSpec[], values: (s: WeightSpec) => Float32Array, extra: Record<string, unknown> = {}): T {
   const root: Record<string, unknown> = { ...extra };
@@ -206,7 +209,7 @@ export function paramsCodec(config: PaliGemmaConfig, source = 'weights'): t.Type
     (weights, context) => {
       const problems = diffWeights(specs, weights);
       if (problems.length > 0) return t.failures(problems.map((message) => ({ value: weights, context, message: `${source}: ${message}` })));
-      return t.success(buildTree<PaliGemmaParams>(specs, (s) => weights.get(s.h5)!.read(), { config }));
+      return t.success(buildTree<PaliGemmaParams>(specs, (s) => weights.get(s.h5)!.read(), skeleton(config)));
     },
     (params) => encodeParams(params, specs),
   );
