@@ -32,7 +32,7 @@ const common = {
   define: { 'process.env.NODE_ENV': '"production"' },
 };
 
-rmSync(join(root, 'dist'), { recursive: true, force: true });
+// dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
 const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
 await Promise.all([
   esbuild.build({ ...common, entryPoints: { index: join(root, 'src/index.ts') }, outdir: join(root, 'dist') }),

@@ -1,0 +1,110 @@
+/**
+ * `npm run bench`: forward time of a 50M-parameter PaliGemma (random weights; batch 1, 32 text tokens) on
+ * each backend. Prints the median over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only),
+ * and peak tensor memory. A script, not a test: speed is compared against baselines printed in the same run.
+ *
+ *   node dist/bench.js [--backends wasm,cpu] [--runs 5] [--text 32]
+ */
+import { tf } from './tf';
+import * as d from '../dsl';
+import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../models/config';
+import { backbone, logits, type BackboneInputs } from '../models/paligemma';
+import { initParams } from '../checkpoints/init';
+import { parameterCount } from '../checkpoints/params';
+import { setBackend, type BackendRequest } from './runtime';
+
+export const BENCH_CONFIG: PaliGemmaConfig = {
+  ...CONFIG_DEFAULTS,
+  vocabulary_size: 32000,
+  image_size: 224,
+  num_layers: 6,
+  num_query_heads: 8,
+  num_key_value_heads: 1,
+  hidden_dim: 512,
+  intermediate_dim: 4096,
+  head_dim: 64,
+  vit_patch_size: 14,
+  vit_num_heads: 6,
+  vit_hidden_dim: 384,
+  vit_num_layers: 6,
+  vit_intermediate_dim: 1536,
+};
+
+/** Multiply-add FLOPs (2 per MAC) of every matmul in one forward (backbone + text logits). */
+export function forwardFlops(c: PaliGemmaConfig, textLength: number): number {
+  const n = (c.image_size / c.vit_patch_size) ** 2;
+  const dv = c.vit_hidden_dim;
+  const vit =
+    2 * n * c.vit_patch_size ** 2 * 3 * dv +
+    c.vit_num_layers * (4 * 2 * n * dv * dv + 2 * 2 * n * n * dv + 2 * 2 * n * dv * c.vit_intermediate_dim) +
+    2 * imageSequenceLength(c) * dv * c.hidden_dim;
+  const L = imageSequenceLength(c) + textLength;
+  const D = c.hidden_dim;
+  const qh = c.num_query_heads * c.head_dim;
+  const kvh = c.num_key_value_heads * c.head_dim;
+  const layer = 2 * L * D * qh + 2 * 2 * L * D * kvh + 2 * 2 * L * L * qh + 2 * L * qh * D + 3 * 2 * L * D * (c.intermediate_dim / 2);
+  return vit + c.num_layers * layer + 2 * textLength * D * c.vocabulary_size;
+}
+
+function benchInputs(c: PaliGemmaConfig, text: number): BackboneInputs {
+  const S = c.image_size;
+  return d.scoped(() => ({
+    images: d.named(tf.randomUniform([1, S, S, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const),
+    token_ids: d.named(tf.randomUniform([1, text], 0, c.vocabulary_size, 'int32', 2), ['batch', 'seq'] as const),
+    padding_mask: d.named(tf.ones([1, text], 'int32'), ['batch', 'seq'] as const),
+    response_mask: d.named(tf.zeros([1, text], 'int32'), ['batch', 'seq'] as const),
+  }));
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+export async function bench(backends: BackendRequest[], runs: number, text: number): Promise<void> {
+  const c = BENCH_CONFIG;
+  const flops = forwardFlops(c, text);
+  console.log(`config: 50M PaliGemma (${(parameterCount(c) / 1e6).toFixed(1)}M params), batch 1, ${imageSequenceLength(c)} image + ${text} text tokens, ${(flops / 1e9).toFixed(2)} GFLOP of matmuls per forward`);
+  console.log('reference on this machine (MEASURED.md): keras_hub JAX/XLA 0.075-0.079 s, keras_hub torch 0.22-0.25 s (2 threads)');
+  for (const b of backends) {
+    const info = await setBackend(b);
+    const params = initParams(c, d.key(0));
+    const inputs = benchInputs(c, text);
+    const forward = () => {
+      const seq = backbone(params, inputs);
+      const out = logits(params, seq);
+      seq.dispose();
+      return out;
+    };
+    const times: number[] = [];
+    let peak = 0;
+    for (let i = 0; i <= runs; i++) {
+      const t0 = performance.now();
+      const prof = await tf.profile(async () => {
+        const out = forward();
+        await out.tensor.data();
+        out.dispose();
+      });
+      const ms = performance.now() - t0;
+      peak = Math.max(peak, prof.peakBytes);
+      if (i > 0) times.push(ms); // run 0 is the warm-up
+    }
+    const ms = median(times);
+    console.log(
+      `${info.name.padEnd(6)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
+        `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, ` +
+        `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
+        (info.reason ? ` (${info.reason})` : ''),
+    );
+    tf.dispose(d.collectTensors(inputs));
+    d.disposeTree(params);
+  }
+}
+
+if (require.main === module && !process.env.NO_BENCH_MAIN) {
+  const arg = (name: string, fallback: string) => {
+    const i = process.argv.indexOf(`--${name}`);
+    return i >= 0 ? process.argv[i + 1] : fallback;
+  };
+  bench(arg('backends', 'wasm,cpu').split(',') as BackendRequest[], Number(arg('runs', '5')), Number(arg('text', '32'))).catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
