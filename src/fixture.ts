@@ -10,7 +10,10 @@ import * as d from '../dsl';
 import type { Named } from '../dsl';
 import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../models/paligemma';
 import { vit } from '../models/siglip';
-import { byKerasPath } from '../checkpoints/params';
+import { buildTree, byKerasPath, diffWeights, vitLayout, type WeightSpec } from '../checkpoints/params';
+import { readWeightsFiles } from '../checkpoints/keras';
+import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../models/config';
+import type { VitParams } from '../models/siglip';
 import { loadPreset } from './preset';
 import { writeFileAtomic } from './atomic';
 
@@ -90,6 +93,7 @@ const read = async (x: Named | tf.Tensor) => {
 
 /** Everything the manifest lists, computed from `<dir>/preset` on the current backend. */
 export async function computeFixture(dir: string, m: Manifest = readManifest(dir), params?: PaliGemmaParams): Promise<Computed> {
+  if (m.vit_kwargs) return computeStandaloneVit(dir, m);
   const own = params ?? loadPreset(path.join(dir, 'preset'));
   const compat = m.options?.compat;
   const inputs = fixtureInputs(dir, m);
@@ -156,4 +160,59 @@ export function writeComputed(outDir: string, c: Computed): void {
     }
   }
   writeFileAtomic(path.join(outDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+}
+
+// -------------------------------------------------------------------------------------------------
+// a PaliGemmaVit on its own (fixture vit_pooling_standalone: `vit.weights.h5` + `vit_config.json`)
+// -------------------------------------------------------------------------------------------------
+
+interface VitKwargs {
+  readonly image_size: number;
+  readonly patch_size: number;
+  readonly num_heads: number;
+  readonly hidden_dim: number;
+  readonly num_layers: number;
+  readonly intermediate_dim: number;
+  readonly num_classes: number;
+}
+
+/** The ViT with each pooling the manifest lists (`pooling_none`, `pooling_gap`, `pooling_zero`, `pooling_0`). */
+async function computeStandaloneVit(dir: string, m: Manifest): Promise<Computed> {
+  const k = m.vit_kwargs as VitKwargs;
+  const config: PaliGemmaConfig = {
+    ...CONFIG_DEFAULTS,
+    vocabulary_size: 1, num_layers: 0, num_query_heads: 1, num_key_value_heads: 1, intermediate_dim: 2, head_dim: 2,
+    hidden_dim: k.num_classes, image_size: k.image_size, vit_patch_size: k.patch_size, vit_num_heads: k.num_heads,
+    vit_hidden_dim: k.hidden_dim, vit_num_layers: k.num_layers, vit_intermediate_dim: k.intermediate_dim,
+  };
+  // Model.save_weights of a bare PaliGemmaVit: its layers sit at the top level (`layers/...`).
+  const specs: WeightSpec[] = [
+    ...vitLayout(config, 'layers/', '', 'image_encoder/'),
+    { h5: 'layers/dense/vars/0', keras: 'image_classifier/kernel', param: 'image_classifier/kernel', kerasShape: [k.hidden_dim, k.num_classes], kerasAxes: ['vit_embed', 'embed'], axes: ['vit_embed', 'embed'] },
+    { h5: 'layers/dense/vars/1', keras: 'image_classifier/bias', param: 'image_classifier/bias', kerasShape: [k.num_classes], kerasAxes: ['embed'], axes: ['embed'] },
+  ];
+  const file = path.join(dir, 'vit.weights.h5');
+  const weights = readWeightsFiles([file]);
+  const problems = diffWeights(specs, weights);
+  if (problems.length) throw new Error(`${file}: ${problems.join('; ')}`);
+  const vitParams = buildTree<VitParams>(specs, (s) => weights.get(s.h5)!.read(), { blocks: [] });
+  const images = d.named(tf.tensor(readBin(dir, m.inputs.images) as Float32Array, m.inputs.images.shape as number[]), ['batch', 'height', 'width', 'channels'] as const);
+  const outputs: Computed['outputs'] = new Map();
+  try {
+    for (const name of Object.keys(m.outputs)) {
+      const pooling = name.replace(/^pooling_/, '');
+      const vitPooling: VitPooling = pooling === 'none' ? null : pooling === '0' ? 'zero' : (pooling as VitPooling);
+      const out = d.scoped(() => {
+        const x = vit(vitParams, { ...config, vit_pooling: vitPooling }, images);
+        // pooled outputs are one token: the fixture stores them as [batch, classes]
+        return vitPooling === null ? x.tensor : tf.reshape(x.tensor, [x.shape[0], x.shape[2]]);
+      });
+      outputs.set(name, await read(out));
+      out.dispose();
+    }
+  } finally {
+    images.dispose();
+    d.disposeTree(vitParams);
+  }
+  return { outputs, gradients: new Map() };
 }

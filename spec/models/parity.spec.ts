@@ -13,7 +13,7 @@ import { backendTest } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 
 const root = 'spec/fixtures/keras_hub';
-const forward = ['pg1_basic', 'pg2_full', 'pg2_keras_quirks', 'pg1_vit_gelu', 'causal_lm', 'vit_map_pooling', 'pg1_bf16', 'pg1_sharded', 'grad'];
+const forward = ['vit_pooling_standalone', 'pg1_basic', 'pg2_full', 'pg2_keras_quirks', 'pg1_vit_gelu', 'causal_lm', 'vit_map_pooling', 'pg1_bf16', 'pg1_sharded', 'grad'];
 
 for (const name of forward) {
   backendTest(`${name}: outputs match keras_hub within 1e-4`, async (t) => {
