@@ -47,8 +47,8 @@ export type KV = Named<readonly ['batch', 'key_seq', 'kv_heads', 'head_dim']>;
 export interface BlockOptions {
   /** Boolean [batch, seq, key_seq] (or any subset of those axes): true where a query may see a key. */
   readonly mask: Named;
-  /** Float positions of the queries, [seq] or [batch, seq], for RoPE. */
-  readonly positions: Named;
+  /** Positions of the queries, [seq] or [batch, seq], for RoPE (host positions preferred: see d.rope). */
+  readonly positions: Named | d.HostPositions;
   /** Keys and values of earlier positions (generation): the new ones are appended after them. */
   readonly cache?: { readonly key: KV; readonly value: KV };
   /** Training: dropout keys for this layer; absent at inference (dropout is the identity). */

@@ -113,9 +113,12 @@ export function embedInputs(p: PaliGemmaParams, x: BackboneInputs, debug?: Backb
   });
 }
 
-/** Positions 0..L-1 over image + text (padding does not shift them). */
-export const positions = (length: number, offset = 0): Named<readonly ['seq']> =>
-  d.named(tf.range(offset, offset + length, 1, 'float32'), ['seq'] as const);
+/** Positions offset..offset+L-1 over image + text (padding does not shift them), on the host. */
+export const positions = (length: number, offset = 0): d.HostPositions => ({
+  axes: ['seq'],
+  shape: [length],
+  values: Array.from({ length }, (_, i) => offset + i),
+});
 
 /** Runs the decoder over `x` with the prefix-LM masks; returns the hidden states and every layer's K/V. */
 export function decode(

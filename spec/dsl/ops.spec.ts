@@ -136,7 +136,7 @@ backendTest('rope rotates halves by position * 10000^(-2i/H)', async (t) => {
   const [s, h] = [3, 4];
   const xv = seeded(s * h, 5);
   const x = d.named(T(xv, [s, h]), ['seq', 'head_dim'] as const);
-  const pos = d.named(tf.tensor1d([0, 1, 7]), ['seq'] as const);
+  const pos: d.HostPositions = { axes: ['seq'], shape: [3], values: [0, 1, 7] };
   const y = await d.rope(x, pos, 'head_dim').tensor.data();
   const expected: number[] = [];
   for (let i = 0; i < s; i++) {
@@ -151,7 +151,7 @@ backendTest('rope rotates halves by position * 10000^(-2i/H)', async (t) => {
     expected.push(...out);
   }
   assertClose(t, y, expected, 1e-5, 1e-5);
-  tf.dispose([x.tensor, pos.tensor]);
+  tf.dispose([x.tensor]);
 }, { webgpu: true });
 
 backendTest('embed gathers rows; its gradient adds up repeated ids', async (t) => {
