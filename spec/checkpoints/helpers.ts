@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
+import type { H5WriteDataset } from '../../checkpoints/h5';
 
 export const KERAS_HUB = 'spec/fixtures/keras_hub';
 export const LOCAL = 'spec/checkpoints/fixtures';
@@ -91,4 +92,23 @@ export function bf16Bits(x: Float32Array): Uint16Array {
     else out[i] = (bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16;
   }
   return out;
+}
+
+/** The input of spec/checkpoints/fixtures/written.h5 (checked with h5py by make_h5.py). */
+export function goldenInput(): { datasets: Map<string, H5WriteDataset>; groups: Map<string, Record<string, string>> } {
+  const ramp = (n: number) => Float32Array.from({ length: n }, (_, i) => (i - n / 2) / 4);
+  const datasets = new Map<string, H5WriteDataset>([
+    ['layers/dense/vars/0', { shape: [3, 4], values: ramp(12) }],
+    ['layers/dense/vars/1', { shape: [4], values: () => ramp(4) }],
+    ['scalar', { shape: [], values: new Float32Array([3.5]), attrs: { note: 'a scalar' } }],
+    ['empty', { shape: [0, 2], values: new Float32Array(0) }],
+  ]);
+  for (let i = 0; i < 10; i++) datasets.set(`wide/m${i}`, { shape: [1], values: new Float32Array([i]) });
+  const groups = new Map<string, Record<string, string>>([
+    ['', {}],
+    ['vars', { name: 'model' }],
+    ['layers/dense/vars', { name: 'dense' }],
+    ['layers/input_layer/vars', { name: 'ünï ✓' }],
+  ]);
+  return { datasets, groups };
 }
