@@ -24,6 +24,9 @@
  * (committed) messages, soft and external links, datatypes other than the above. Checksums of v2 metadata are
  * not verified.
  *
+ * `writeH5` writes float32 datasets and string attributes in the format h5py writes by default (superblock v0,
+ * v1 headers, symbol-table groups, contiguous data), atomically (temporary file, fsync, rename).
+ *
  * Reference: "HDF5 File Format Specification Version 3.0" (The HDF Group); each parser names its section.
  */
 import * as fs from 'node:fs';
@@ -949,7 +952,7 @@ function describeDataset(src: Source, messages: readonly Message[], layoutMsg: M
     return m;
   };
   if (messages.some((m) => m.type === MSG.external)) throw new Error(`${where}: data in external files; not supported`);
-  const shape = decodeDataspace(need(MSG.dataspace, 'dataspace').data) ?? [0];
+  const shape = decodeDataspace(need(MSG.dataspace, 'dataspace').data) ?? [0]; // a null dataspace: no elements
   const type = decodeDatatype(need(MSG.datatype, 'datatype').data);
   const { dtype, littleEndian } = datasetDType(type, attrs, where);
   const count = shape.reduce((a, b) => a * b, 1);
