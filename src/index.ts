@@ -1,2 +1,3 @@
 export { tf } from './tf';
 export * from './runtime';
+export { main } from './cli';

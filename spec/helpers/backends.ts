@@ -6,9 +6,8 @@
  * webgpu backend in Node has no `dataSync`. `PALIGEMMA_TEST_BACKENDS=cpu,wasm` limits the backends.
  */
 import type { ExecutionContext, TestFn } from 'ava';
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { setBackend, type BackendName, type BackendInfo } from '../../src/runtime';
+import { setBackend, vulkanIcdPresent, type BackendName, type BackendInfo } from '../../src/runtime';
 
 /**
  * ava itself, loaded at run time. scripts/build.mjs bundles every import of a spec, and a bundled copy of
@@ -17,14 +16,14 @@ import { setBackend, type BackendName, type BackendInfo } from '../../src/runtim
  */
 export const test: TestFn = createRequire(__filename)('ava');
 
-export const swiftShaderIcd = '/usr/lib/chromium/vk_swiftshader_icd.json';
-
-/** True when a WebGPU adapter is likely here: the SwiftShader ICD is named and present, or env says so. */
+/**
+ * True when a WebGPU adapter is likely here: a Vulkan ICD (e.g. SwiftShader's) is named in VK_ICD_FILENAMES
+ * and present, or PALIGEMMA_WEBGPU=1 says so (a machine with a hardware GPU); PALIGEMMA_WEBGPU=0 turns it off.
+ */
 export function webgpuAvailable(): boolean {
   if (process.env.PALIGEMMA_WEBGPU === '1') return true;
   if (process.env.PALIGEMMA_WEBGPU === '0') return false;
-  const icd = process.env.VK_ICD_FILENAMES;
-  return icd != null && icd.split(':').some((f) => existsSync(f));
+  return vulkanIcdPresent();
 }
 
 /** The backends tests run on: cpu and wasm, webgpu when requested and available; env can restrict. */
