@@ -1,0 +1,45 @@
+/**
+ * Saving params as a Keras preset directory, the files keras_hub's `save_to_preset` writes for a backbone:
+ * `config.json` (the strict codec's encoder), `metadata.json`, and `model.weights.h5` (float32, contiguous,
+ * each `vars` group named after its keras layer). Every file is written atomically (temp file + rename).
+ * Tensors are read with `await data()`, so it works on every backend, WebGPU included.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { tf } from '../src/tf';
+import * as d from '../dsl';
+import type { PaliGemmaParams } from '../models/paligemma';
+import { encodeConfig } from './config';
+import { writeH5, type H5WriteDataset } from './h5';
+import { kerasLayout, parameterCount } from './params';
+import { writeFileAtomic } from '../src/atomic';
+
+export async function saveKerasPreset(params: PaliGemmaParams, dir: string): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  const specs = kerasLayout(params.config);
+  const leaves = new Map(d.leaves(params));
+  const datasets = new Map<string, H5WriteDataset>();
+  const groups = new Map<string, Record<string, string>>();
+  for (const s of specs) {
+    const x = leaves.get(s.param);
+    if (!x) throw new Error(`saveKerasPreset: params have no ${s.param} (${s.keras})`);
+    const t = tf.tidy(() => tf.reshape(s.squeeze ? x.tensor : d.align(x, s.kerasAxes as never).tensor, s.kerasShape as number[]));
+    const values = Float32Array.from((await t.data()) as Float32Array);
+    t.dispose();
+    datasets.set(s.h5, { shape: s.kerasShape, values });
+    // the `name` attribute of a vars group is its keras layer's name: the owner in the variable's path
+    groups.set(s.h5.slice(0, s.h5.lastIndexOf('/')), { name: s.keras.split('/').slice(-2)[0] });
+  }
+  groups.set('', { name: 'pali_gemma_backbone' });
+  writeH5(path.join(dir, 'model.weights.h5'), datasets, { groups });
+  writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(encodeConfig(params.config), null, 4) + '\n');
+  const metadata = {
+    keras_version: '3.16.0',
+    keras_hub_version: '0.32.0.dev0',
+    parameter_count: parameterCount(params.config),
+    date_saved: new Date().toISOString().replace(/T(\d+):(\d+):(\d+).*/, '@$1:$2:$3'),
+    tasks: ['CausalLM'],
+    saved_by: 'paligemma-ts',
+  };
+  writeFileAtomic(path.join(dir, 'metadata.json'), JSON.stringify(metadata, null, 4) + '\n');
+}
