@@ -341,11 +341,31 @@ export async function setBackend(name: BackendRequest, options: BackendOptions =
   if (!backendNames.includes(name)) {
     throw new Error(`setBackend: unknown backend '${name}'; expected one of auto, ${backendNames.join(', ')}`);
   }
-  if (name === 'wasm') registerWasm(options.threads ?? defaultWasmThreads());
-  if (name === 'webgpu') await prepareWebgpu(options.requestAdapter);
-  await activate(name);
-  lastChoice = { name, requested: name, reason: 'requested' };
+  let note = '';
+  if (name === 'wasm') note = await startWasm(options.threads ?? defaultWasmThreads());
+  else {
+    if (name === 'webgpu') await prepareWebgpu(options.requestAdapter);
+    await activate(name);
+  }
+  lastChoice = { name, requested: name, reason: `requested${note}` };
   return backendInfo();
+}
+
+/**
+ * Starts wasm with `threads` threads; if the threaded build fails to start (it leans on tfjs-backend-wasm's
+ * file layout, see `threadedWasmModule`), falls back to the stock single thread and says so.
+ */
+async function startWasm(threads: number): Promise<string> {
+  registerWasm(threads);
+  try {
+    await activate('wasm');
+    return '';
+  } catch (e) {
+    if (threads === 1) throw e;
+    registerWasm(1);
+    await activate('wasm');
+    return `; ${threads} threads failed to start (${(e as Error).message}), running 1`;
+  }
 }
 
 async function setAuto(options: BackendOptions): Promise<BackendInfo> {
@@ -366,9 +386,8 @@ async function setAuto(options: BackendOptions): Promise<BackendInfo> {
     why = `WebGPU is unavailable (${(e as Error).message})`;
   }
   try {
-    registerWasm(options.threads ?? defaultWasmThreads());
-    await activate('wasm');
-    lastChoice = { name: 'wasm', requested: 'auto', reason: `${why}: wasm` };
+    const note = await startWasm(options.threads ?? defaultWasmThreads());
+    lastChoice = { name: 'wasm', requested: 'auto', reason: `${why}: wasm${note}` };
   } catch (e) {
     await activate('cpu');
     lastChoice = { name: 'cpu', requested: 'auto', reason: `${why}, and wasm failed (${(e as Error).message}): cpu` };

@@ -5,16 +5,11 @@
  * Serial, because the backend is process-wide state in tfjs. Read tensors with `await t.data()`: the
  * webgpu backend in Node has no `dataSync`. `PALIGEMMA_TEST_BACKENDS=cpu,wasm` limits the backends.
  */
-import type { ExecutionContext, TestFn } from 'ava';
-import { createRequire } from 'node:module';
+import test, { type ExecutionContext } from 'ava';
 import { setBackend, vulkanIcdPresent, type BackendName, type BackendInfo } from '../../src/runtime';
 
-/**
- * ava itself, loaded at run time. scripts/build.mjs bundles every import of a spec, and a bundled copy of
- * ava is a second instance that the ava worker never initialised ("assert(refs.runnerChain)" at load).
- * Specs import `test` from here instead of from 'ava'.
- */
-export const test: TestFn = createRequire(__filename)('ava');
+/** ava's `test`, re-exported so a spec needs one import. */
+export { test };
 
 /**
  * True when a WebGPU adapter is likely here: a Vulkan ICD (e.g. SwiftShader's) is named in VK_ICD_FILENAMES
