@@ -11,6 +11,7 @@
  * Axes: batch, seq (queries), key_seq (keys), embed (D), heads (Hq), kv_heads (Hkv), groups (Hq / Hkv),
  * head_dim (H), ffw (intermediate_dim / 2).
  */
+import { tf } from '../src/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import type { PaliGemmaConfig } from './config';
@@ -49,8 +50,13 @@ export interface BlockOptions {
   readonly mask: Named;
   /** Positions of the queries, [seq] or [batch, seq], for RoPE (host positions preferred: see d.rope). */
   readonly positions: Named | d.HostPositions;
-  /** Keys and values of earlier positions (generation): the new ones are appended after them. */
-  readonly cache?: { readonly key: KV; readonly value: KV };
+  /**
+   * Keys and values of earlier positions (generation). Without `writeMask` the new ones are appended after
+   * them. With `writeMask` (boolean [batch, key_seq], one true entry per row) the cache has a fixed size:
+   * `x` holds one query per row and its K/V are written where the mask is true (each row at its own
+   * position); `mask` must then cover the whole cache.
+   */
+  readonly cache?: { readonly key: KV; readonly value: KV; readonly writeMask?: Named<readonly ['batch', 'key_seq']> };
   /** Training: dropout keys for this layer; absent at inference (dropout is the identity). */
   readonly dropoutKey?: Key;
   /** keras_hub as it is, not as documented: queries always scaled by 1/sqrt(head_dim), RMSNorm eps 1e-6. */
@@ -73,6 +79,23 @@ const rms = (x: Named, p: RmsNormParams, eps: number) => d.rmsNorm(x, p.scale, '
 // attention
 // -------------------------------------------------------------------------------------------------
 
+/**
+ * The keys (or values) attention reads: the cache then the new ones (concatenated), or, with a write mask,
+ * the fixed-size cache with the one new position of each row written where the mask is true.
+ */
+function withCache(cache: KV, fresh: KV, writeMask?: Named<readonly ['batch', 'key_seq']>): KV {
+  if (!writeMask) return d.concat([cache as Named, fresh as Named], 'key_seq' as never) as KV;
+  if (fresh.size('key_seq') !== 1) throw new Error(`attention: a cache with a writeMask takes one new position per row, got ${d.describe(fresh)}`);
+  d.checkSizes(writeMask, { batch: cache.size('batch'), key_seq: cache.size('key_seq') }, 'attention: cache writeMask');
+  return d.scoped(() => {
+    const axes = cache.axes;
+    const shape = cache.shape as number[];
+    const at = tf.reshape(tf.cast(d.align(writeMask, ['batch', 'key_seq'] as const).tensor, 'bool'), [shape[0], shape[1], 1, 1]);
+    const value = tf.broadcastTo(d.align(fresh, axes).tensor, shape); // [batch, key_seq, kv_heads, head_dim]
+    return d.named(tf.where(tf.broadcastTo(at, shape), value, d.align(cache, axes).tensor), axes) as KV;
+  });
+}
+
 export function attention(
   p: DecoderBlockParams['attention'],
   c: PaliGemmaConfig,
@@ -85,8 +108,8 @@ export function attention(
     const q = d.splitAxis(d.scale(q0, queryScale(c, o.compat)), 'heads', ['kv_heads', 'groups'] as const, [c.num_key_value_heads, groups]);
     const kNew = d.rename(d.rope(d.dot(x, p.key, 'embed'), o.positions, 'head_dim'), 'seq', 'key_seq'); // [batch, key_seq, kv_heads, head_dim]
     const vNew = d.rename(d.dot(x, p.value, 'embed'), 'seq', 'key_seq');
-    const key = (o.cache ? d.concat([o.cache.key as Named, kNew as Named], 'key_seq' as never) : kNew) as KV;
-    const value = (o.cache ? d.concat([o.cache.value as Named, vNew as Named], 'key_seq' as never) : vNew) as KV;
+    const key = o.cache ? withCache(o.cache.key, kNew as KV, o.cache.writeMask) : (kNew as KV);
+    const value = o.cache ? withCache(o.cache.value, vNew as KV, o.cache.writeMask) : (vNew as KV);
     let logits: Named = d.dot(q, key, 'head_dim'); // [batch, seq, kv_heads, groups, key_seq]
     if (c.attention_logit_soft_cap !== null) logits = d.softCap(logits, c.attention_logit_soft_cap); // before masking
     let probs = d.softmax(logits, 'key_seq' as never, o.mask);
