@@ -109,6 +109,7 @@ const stockWasmFactory = tf.findBackendFactory('wasm');
 const WASM_PRIORITY = 2; // tfjs' own
 let wasmThreadsRegistered = 1;
 let wasmSimd = false; // known once a wasm backend has started
+let wasmStartError: string | undefined; // why the last threaded start failed
 
 /** The threads a wasm backend gets when the caller names none. */
 export function defaultWasmThreads(): number {
@@ -145,7 +146,9 @@ async function threadedWasmModule(threads: number): Promise<unknown> {
   const emitter: NodeJS.EventEmitter = process;
   const events = ['uncaughtException', 'unhandledRejection'];
   const before = events.map((e) => emitter.listeners(e));
-  const module = await factory({
+  let failed: (e: unknown) => void = () => {};
+  const failure = new Promise<never>((_, reject) => (failed = reject));
+  const creation = factory({
     locateFile: (path: string, prefix: string) =>
       path.endsWith('.worker.js') ? workerUrl : path.endsWith('.wasm') ? binary : prefix + path,
     mainScriptUrlOrBlob: glue,
@@ -153,13 +156,19 @@ async function threadedWasmModule(threads: number): Promise<unknown> {
       const imports = { ...info, env: { ...info.env, emscripten_num_logical_cores: () => 2 * threads } };
       WebAssembly.instantiate(readFileSync(binary), imports as WebAssembly.Imports).then(
         ({ instance, module }) => receive(instance, module),
+        failed, // else Emscripten would wait for ever
       );
       return {}; // Emscripten: instantiation continues asynchronously
     },
   });
-  events.forEach((e, i) => {
-    for (const l of emitter.listeners(e)) if (!before[i].includes(l)) emitter.removeListener(e, l as () => void);
-  });
+  let module;
+  try {
+    module = await Promise.race([creation, failure]);
+  } finally {
+    events.forEach((e, i) => {
+      for (const l of emitter.listeners(e)) if (!before[i].includes(l)) emitter.removeListener(e, l as () => void);
+    });
+  }
   module.tfjs = {
     init: module.cwrap('init', null, []),
     initWithThreadsCount: module.cwrap('init_with_threads_count', null, ['number']),
@@ -177,10 +186,15 @@ async function threadedWasmModule(threads: number): Promise<unknown> {
  * still run; `tf.removeBackend('wasm')` terminates them).
  */
 async function threadedWasmBackend(threads: number): Promise<BackendWasm> {
-  const module = (await threadedWasmModule(threads)) as { PThread: { runningWorkers: { unref(): void }[] } };
-  const backend = new BackendWasm(module as never);
-  for (const worker of module.PThread.runningWorkers) worker.unref();
-  return backend;
+  try {
+    const module = (await threadedWasmModule(threads)) as { PThread: { runningWorkers: { unref(): void }[] } };
+    const backend = new BackendWasm(module as never);
+    for (const worker of module.PThread.runningWorkers) worker.unref();
+    return backend;
+  } catch (e) {
+    wasmStartError = e instanceof Error ? e.message : String(e); // tf.setBackend keeps only `false`
+    throw e;
+  }
 }
 
 /** Registers the wasm backend with `threads` XNNPACK threads, replacing (and disposing) another count. */
@@ -189,16 +203,17 @@ function registerWasm(threads: number): void {
   if (threads > 1 && !isNode) throw new Error('wasm threads: only set up here for Node; in a browser use tfjs as is');
   if (tf.findBackendFactory('wasm') != null) tf.removeBackend('wasm');
   setThreadsCount(threads);
-  const factory =
-    threads === 1 ? stockWasmFactory! : async () => threadedWasmBackend(threads);
+  const factory = threads === 1 ? stockWasmFactory! : async () => threadedWasmBackend(threads);
   tf.registerBackend('wasm', factory, WASM_PRIORITY);
   wasmThreadsRegistered = threads;
 }
 
-/** The wasm backend's Emscripten module, when wasm is the current backend. */
-function wasmModule(): { HEAPU8: Uint8Array } | undefined {
-  if (tf.getBackend() !== 'wasm') return undefined;
-  return (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array } }).wasm;
+/** The size of the wasm backend's heap now (0 when wasm is not the current backend). */
+function wasmHeapBytes(): number {
+  if (tf.getBackend() !== 'wasm') return 0;
+  const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8: Uint8Array; wasmMemory?: WebAssembly.Memory } }).wasm;
+  // The threaded build exports its Memory; HEAPU8 there is refreshed only when the main thread grows it.
+  return wasm?.wasmMemory?.buffer.byteLength ?? wasm?.HEAPU8.buffer.byteLength ?? 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -357,6 +372,7 @@ export async function setBackend(name: BackendRequest, options: BackendOptions =
  */
 async function startWasm(threads: number): Promise<string> {
   registerWasm(threads);
+  wasmStartError = undefined;
   try {
     await activate('wasm');
     return '';
@@ -364,7 +380,7 @@ async function startWasm(threads: number): Promise<string> {
     if (threads === 1) throw e;
     registerWasm(1);
     await activate('wasm');
-    return `; ${threads} threads failed to start (${(e as Error).message}), running 1`;
+    return `; ${threads} threads failed to start (${wasmStartError ?? (e as Error).message}), running 1`;
   }
 }
 
@@ -405,7 +421,7 @@ export function backendInfo(): BackendInfo {
       ...base,
       threads: getThreadsCount(),
       simd: wasmSimd,
-      wasmHeapBytes: wasmModule()?.HEAPU8.buffer.byteLength ?? 0,
+      wasmHeapBytes: wasmHeapBytes(),
     };
   }
   if (name === 'webgpu') return webgpuAdapter ? { ...base, adapter: webgpuAdapter } : base;
@@ -469,7 +485,7 @@ export function assertFitsBackend(bytesNeeded: number, what: string): void {
   if (tf.getBackend() !== 'wasm') return;
   const live = tf.memory().numBytes;
   if (live + bytesNeeded <= wasmSafeBytes) return;
-  const heap = wasmModule()?.HEAPU8.buffer.byteLength ?? 0;
+  const heap = wasmHeapBytes();
   throw new Error(
     `${what} needs ${formatBytes(bytesNeeded)}, and ${formatBytes(live)} of tensors are live: more than the ` +
       `${formatBytes(wasmSafeBytes)} the wasm backend holds safely (heap now ${formatBytes(heap)}, at most ` +
