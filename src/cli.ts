@@ -122,7 +122,8 @@ const info: Command = {
     io.out('backends available:');
     io.out(`  cpu     yes (plain JavaScript, slow)`);
     io.out(`  wasm    ${offer.wasm ? `yes (XNNPACK; ${offer.cores} cores here)` : 'no WebAssembly'}`);
-    io.out(`  webgpu  ${typeof offer.webgpu === 'string' ? `no: ${offer.webgpu}` : adapterLine(offer.webgpu)}`);
+    const webgpu = offer.webgpu;
+    io.out(`  webgpu  ${typeof webgpu === 'string' ? `unavailable: ${webgpu.replace(/^webgpu: /, '')}` : adapterLine(webgpu)}`);
     const chosen = await setBackend(request, threads != null ? { threads } : {});
     io.out(backendLine(chosen));
     if (chosen.adapter != null) {
