@@ -10,7 +10,7 @@ import { tf } from '../src/tf';
 import * as d from '../dsl';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeConfig } from './config';
-import { writeH5, type H5WriteDataset } from './h5';
+import { writeH5, type H5WriteDataset } from './h5write';
 import { kerasLayout, parameterCount } from './params';
 import { writeFileAtomic } from '../src/atomic';
 

@@ -3,7 +3,8 @@ import * as fc from 'fast-check';
 import * as assert from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { indexH5, openH5, writeH5, type H5WriteDataset } from '../../checkpoints/h5';
+import { indexH5, openH5 } from '../../checkpoints/h5';
+import { writeH5, type H5WriteDataset } from '../../checkpoints/h5write';
 import { KERAS_HUB, LOCAL, goldenInput, tempDir } from './helpers';
 
 const bits = (x: Float32Array): Uint32Array => new Uint32Array(x.buffer, x.byteOffset, x.length);

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import type { H5WriteDataset } from '../../checkpoints/h5';
+import type { H5WriteDataset } from '../../checkpoints/h5write';
 
 export const KERAS_HUB = 'spec/fixtures/keras_hub';
 export const LOCAL = 'spec/checkpoints/fixtures';

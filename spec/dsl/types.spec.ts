@@ -12,7 +12,7 @@ const w = () => d.named(tf.zeros([4, 5]), ['embed', 'mlp'] as const);
 
 export function accepted() {
   const y: d.Named<['batch', 'seq', 'mlp']> = d.dot(x(), w(), 'embed');
-  const z: d.Named<['seq', 'batch', 'embed']> = d.align(x(), ['seq', 'batch', 'embed'] as const);
+  const z: d.Named<readonly ['seq', 'batch', 'embed']> = d.align(x(), ['seq', 'batch', 'embed'] as const);
   const r: d.Named<['batch', 'time', 'embed']> = d.rename(x(), 'seq', 'time');
   const s: d.Named<['batch', 'seq', 'heads', 'head_dim']> = d.splitAxis(x(), 'embed', ['heads', 'head_dim'] as const, [2, 2]);
   const m: d.Named<['batch', 'seq']> = d.mean(x(), 'embed');

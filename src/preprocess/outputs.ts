@@ -87,8 +87,9 @@ function lex(text: string): Piece[] {
   for (const m of text.matchAll(TOKEN)) {
     const value = Number(m[1] ?? m[2]);
     const isLoc = m[1] !== undefined;
-    pushText(text.slice(last, m.index));
-    last = m.index + m[0].length;
+    const at = m.index ?? 0; // always set for matchAll results
+    pushText(text.slice(last, at));
+    last = at + m[0].length;
     if (isLoc ? value < LOC_BINS : value < SEG_CODES) pieces.push({ kind: isLoc ? 'loc' : 'seg', value });
     else pushText(m[0]);
   }
