@@ -20,9 +20,9 @@
  * an allocation that fails can silently overwrite a live tensor (MEASURED.md). `assertFitsBackend` refuses
  * work that would cross a safe line, with an error that names the sizes and the way out.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { cpus } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { BackendWasm, getThreadsCount, setThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -236,6 +236,10 @@ function gpu(): GpuLike | undefined {
   if (!isNode) return undefined;
   if (nodeGpu == null) {
     let dawn: { create(flags: string[]): GpuLike; globals: Record<string, unknown> };
+    // The Vulkan loader prints "XDG_RUNTIME_DIR is invalid or not set" on stderr for every adapter probe
+    // when the variable is unset (CI, containers, `auto` on a machine without a GPU); a private directory
+    // is what it wants.
+    if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = mkdtempSync(join(tmpdir(), 'paligemma-xdg-'));
     try {
       dawn = nodeRequire!('webgpu');
     } catch (e) {
