@@ -1,0 +1,454 @@
+/**
+ * Hugging Face safetensors (https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian
+ * header length N, N bytes of JSON `{key: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`,
+ * then the raw little-endian, C-order data; offsets count from the first byte after the header.
+ *
+ * Reading indexes the header only and checks every tensor against the file (byte counts, extent, overlaps):
+ * a truncated file is reported with the file, the key, the dtype and shape, before anything is allocated.
+ * `read()` then fetches one tensor with positioned reads (never the whole file) and widens F16/BF16 to float32.
+ * Large checkpoints are sharded: `model.safetensors.index.json` maps each key to its shard file.
+ *
+ * The writer is atomic (a temporary file next to the target, fsync, rename), for tests and for saving.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { halfToNumber } from './h5';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Element sizes of the safetensors dtypes (safetensors `Dtype`). */
+const DTYPE_BYTES = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
+  I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4,
+  I64: 8, U64: 8, F64: 8,
+} as const;
+
+export type SafetensorsDType = keyof typeof DTYPE_BYTES;
+/** The dtypes `read()` widens to float32. */
+export type SafetensorsFloat = 'F32' | 'BF16' | 'F16' | 'F64';
+const FLOATS: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
+
+export interface SafetensorsTensor {
+  readonly key: string;
+  readonly dtype: SafetensorsDType;
+  readonly shape: readonly number[];
+  /** The `.safetensors` file that holds it. */
+  readonly file: string;
+  /** Absolute byte offset in `file`, and the byte count. */
+  readonly offset: number;
+  readonly byteLength: number;
+  /** The whole tensor, widened to float32. */
+  read(): Float32Array;
+  /** The first `count` elements (C order: the first rows of a matrix), widened to float32. */
+  readPrefix(count: number): Float32Array;
+}
+
+export type SafetensorsTensors = ReadonlyMap<string, SafetensorsTensor>;
+
+export interface SafetensorsFile {
+  readonly file: string;
+  readonly tensors: SafetensorsTensors;
+  /** The header's `__metadata__` (string -> string), `{}` when absent. */
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+export const SAFETENSORS_FILE = 'model.safetensors';
+export const SAFETENSORS_INDEX_FILE = 'model.safetensors.index.json';
+
+/** The safetensors reference implementation refuses headers above 100 MB. */
+const MAX_HEADER_BYTES = 100_000_000;
+
+const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
+const describe = (key: string, dtype: string, shape: readonly number[]) => `tensor "${key}" (${dtype} ${fmt(shape)})`;
+const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading one file
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Index one `.safetensors` file: its header, checked against the file's size. Reads no tensor data. */
+export function readSafetensorsFile(file: string): SafetensorsFile {
+  const fd = openOrThrow(file);
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size < 8) throw new Error(`${file}: truncated safetensors file (${size} bytes): no 8-byte header length`);
+    const head = Buffer.alloc(8);
+    readFully(fd, file, head, 0);
+    const headerBytes = Number(head.readBigUInt64LE(0));
+    if (headerBytes > MAX_HEADER_BYTES) throw new Error(`${file}: not a safetensors file (header length ${headerBytes} bytes, above ${MAX_HEADER_BYTES})`);
+    if (8 + headerBytes > size) {
+      throw new Error(`${file}: truncated safetensors file (${size} bytes): the JSON header needs bytes 8..${8 + headerBytes}`);
+    }
+    const headerBuf = Buffer.alloc(headerBytes);
+    readFully(fd, file, headerBuf, 8);
+    let header: unknown;
+    try {
+      header = JSON.parse(headerBuf.toString('utf8'));
+    } catch (e) {
+      throw new Error(`${file}: not a safetensors file (its header is not JSON: ${(e as Error).message})`);
+    }
+    return indexHeader(file, header, 8 + headerBytes, size);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function indexHeader(file: string, header: unknown, dataStart: number, size: number): SafetensorsFile {
+  if (!isRecord(header)) throw new Error(`${file}: safetensors header: expected a JSON object, got ${JSON.stringify(header)}`);
+  const problems: string[] = [];
+  const truncated: string[] = [];
+  const tensors = new Map<string, SafetensorsTensor>();
+  let metadata: Record<string, string> = {};
+  const spans: [number, number, string][] = [];
+  for (const [key, entry] of Object.entries(header)) {
+    if (key === '__metadata__') {
+      if (!isRecord(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
+        problems.push(`__metadata__: expected an object of strings, got ${JSON.stringify(entry)}`);
+      } else metadata = entry as Record<string, string>;
+      continue;
+    }
+    if (!isRecord(entry)) {
+      problems.push(`${key}: expected {dtype, shape, data_offsets}, got ${JSON.stringify(entry)}`);
+      continue;
+    }
+    const { dtype, shape, data_offsets: offsets } = entry;
+    const okDtype = typeof dtype === 'string' && dtype in DTYPE_BYTES;
+    const okShape = Array.isArray(shape) && shape.every((n) => Number.isSafeInteger(n) && n >= 0);
+    const okOffsets = Array.isArray(offsets) && offsets.length === 2 && offsets.every((n) => Number.isSafeInteger(n) && n >= 0) && offsets[0] <= offsets[1];
+    if (!okDtype) problems.push(`${key}: dtype: expected one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${JSON.stringify(dtype)}`);
+    if (!okShape) problems.push(`${key}: shape: expected a list of non-negative integers, got ${JSON.stringify(shape)}`);
+    if (!okOffsets) problems.push(`${key}: data_offsets: expected [begin, end] with begin <= end, got ${JSON.stringify(offsets)}`);
+    if (!okDtype || !okShape || !okOffsets) continue;
+    const d = dtype as SafetensorsDType;
+    const s = shape as number[];
+    const [begin, end] = offsets as [number, number];
+    const need = s.reduce((a, b) => a * b, 1) * DTYPE_BYTES[d];
+    if (end - begin !== need) {
+      problems.push(`${describe(key, d, s)}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes, the dtype and shape need ${need}`);
+      continue;
+    }
+    if (dataStart + end > size) {
+      truncated.push(`${describe(key, d, s)} needs bytes ${dataStart + begin}..${dataStart + end}`);
+    }
+    spans.push([begin, end, key]);
+    tensors.set(key, makeTensor(file, key, d, s, dataStart + begin, need));
+  }
+  spans.sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i][0] < spans[i - 1][1]) problems.push(`tensors "${spans[i - 1][2]}" and "${spans[i][2]}" overlap (bytes ${spans[i][0]}..${spans[i - 1][1]})`);
+  }
+  if (problems.length > 0) throw new Error(problems.map((p) => `${file}: ${p}`).join('\n'));
+  if (truncated.length > 0) throw truncationError(file, size, truncated);
+  return { file, tensors, metadata };
+}
+
+/** Names the file, its size and the tensors past its end (at most 5, then a count). */
+function truncationError(file: string, size: number, details: readonly string[]): Error {
+  const more = details.length > 5 ? `; and ${details.length - 5} more` : '';
+  return new Error(`${file}: truncated safetensors file (${size} bytes): ${details.slice(0, 5).join('; ')}${more}`);
+}
+
+function makeTensor(file: string, key: string, dtype: SafetensorsDType, shape: readonly number[], offset: number, byteLength: number): SafetensorsTensor {
+  const count = byteLength / DTYPE_BYTES[dtype];
+  const tensor: SafetensorsTensor = {
+    key, dtype, shape, file, offset, byteLength,
+    read: () => readFloats(tensor, count),
+    readPrefix: (n: number) => {
+      if (!Number.isSafeInteger(n) || n < 0 || n > count) throw new Error(`${file}: ${describe(key, dtype, shape)}: cannot read the first ${n} of its ${count} elements`);
+      return readFloats(tensor, n);
+    },
+  };
+  return tensor;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading data: positioned reads in pieces, widened to float32
+// ---------------------------------------------------------------------------------------------------------------
+
+const HOST_LE = os.endianness() === 'LE';
+/** Bytes per read and per widening pass (readSync's length must fit an int32; 64 MiB keeps scratch small). */
+const PIECE_BYTES = 1 << 26;
+
+function readFloats(t: SafetensorsTensor, count: number): Float32Array {
+  if (!FLOATS.includes(t.dtype)) throw new Error(`${t.file}: ${describe(t.key, t.dtype, t.shape)} is not a float tensor (F32, BF16, F16, F64)`);
+  const elem = DTYPE_BYTES[t.dtype];
+  const out = new Float32Array(count);
+  const fd = openOrThrow(t.file);
+  try {
+    // The file may have changed since it was indexed.
+    const size = fs.fstatSync(fd).size;
+    if (t.offset + count * elem > size) {
+      throw truncationError(t.file, size, [`${describe(t.key, t.dtype, t.shape)} needs bytes ${t.offset}..${t.offset + t.byteLength}`]);
+    }
+    if (t.dtype === 'F32' && HOST_LE) {
+      readFully(fd, t.file, new Uint8Array(out.buffer), t.offset);
+      return out;
+    }
+    const perPiece = Math.floor(PIECE_BYTES / elem);
+    const scratch = new Uint8Array(Math.min(count, perPiece) * elem);
+    for (let start = 0; start < count; start += perPiece) {
+      const n = Math.min(perPiece, count - start);
+      const piece = scratch.subarray(0, n * elem);
+      readFully(fd, t.file, piece, t.offset + start * elem);
+      widen(t.dtype as SafetensorsFloat, piece, out.subarray(start, start + n));
+    }
+    return out;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function widen(dtype: SafetensorsFloat, src: Uint8Array, out: Float32Array): void {
+  const n = out.length;
+  if (HOST_LE && dtype === 'BF16') {
+    // bf16 bits are the upper half of float32's.
+    const bits = new Uint16Array(src.buffer, src.byteOffset, n);
+    const outBits = new Uint32Array(out.buffer, out.byteOffset, n);
+    for (let i = 0; i < n; i++) outBits[i] = bits[i] << 16;
+    return;
+  }
+  const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
+  const word = new DataView(new ArrayBuffer(4));
+  for (let i = 0; i < n; i++) {
+    switch (dtype) {
+      case 'BF16':
+        word.setUint32(0, view.getUint16(2 * i, true) << 16);
+        out[i] = word.getFloat32(0);
+        break;
+      case 'F16':
+        out[i] = halfToNumber(view.getUint16(2 * i, true));
+        break;
+      case 'F32':
+        out[i] = view.getFloat32(4 * i, true);
+        break;
+      case 'F64':
+        out[i] = view.getFloat64(8 * i, true);
+        break;
+    }
+  }
+}
+
+function readFully(fd: number, file: string, dst: Uint8Array, pos: number): void {
+  for (let done = 0; done < dst.length; ) {
+    const n = fs.readSync(fd, dst, done, Math.min(dst.length - done, PIECE_BYTES), pos + done);
+    if (n === 0) throw new Error(`${file}: unexpected end of file at byte ${pos + done}`);
+    done += n;
+  }
+}
+
+function openOrThrow(file: string): number {
+  try {
+    return fs.openSync(file, 'r');
+  } catch (e) {
+    throw new Error(`${file}: cannot open: ${(e as Error).message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A checkpoint directory: model.safetensors, or the shards model.safetensors.index.json lists
+// ---------------------------------------------------------------------------------------------------------------
+
+/** True when `dir` holds safetensors weights (single or sharded). */
+export const hasSafetensors = (dir: string): boolean =>
+  fs.existsSync(path.join(dir, SAFETENSORS_INDEX_FILE)) || fs.existsSync(path.join(dir, SAFETENSORS_FILE));
+
+/**
+ * The tensors of a Hugging Face checkpoint directory: the shards `model.safetensors.index.json` lists (each key
+ * must be in the shard the index names, and every shard key must be listed), else `model.safetensors`.
+ */
+export function readSafetensors(dir: string): SafetensorsTensors {
+  const indexFile = path.join(dir, SAFETENSORS_INDEX_FILE);
+  if (fs.existsSync(indexFile)) return readShardedSafetensors(indexFile);
+  const single = path.join(dir, SAFETENSORS_FILE);
+  if (fs.existsSync(single)) return readSafetensorsFile(single).tensors;
+  throw new Error(`${dir}: no safetensors weights (neither ${SAFETENSORS_INDEX_FILE} nor ${SAFETENSORS_FILE})`);
+}
+
+/** `{"metadata": {...}, "weight_map": {key: shard file name}}` (transformers `save_pretrained`). */
+export function readShardedSafetensors(indexFile: string): SafetensorsTensors {
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+  } catch (e) {
+    throw new Error(`${indexFile}: cannot read the shard index: ${(e as Error).message}`);
+  }
+  const weightMap = isRecord(json) ? json['weight_map'] : undefined;
+  if (!isRecord(weightMap)) throw new Error(`${indexFile}: expected {"weight_map": {key: shard file}}, got ${JSON.stringify(json)?.slice(0, 200)}`);
+  const problems: string[] = [];
+  for (const [key, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string' || shard !== path.basename(shard)) problems.push(`weight_map.${key}: expected a shard file name, got ${JSON.stringify(shard)}`);
+  }
+  if (problems.length > 0) throw new Error(problems.map((p) => `${indexFile}: ${p}`).join('\n'));
+  const dir = path.dirname(indexFile);
+  const shards = [...new Set(Object.values(weightMap) as string[])].sort();
+  for (const shard of shards) {
+    if (!fs.existsSync(path.join(dir, shard))) throw new Error(`${indexFile}: lists shard ${shard}, which is not in ${dir}`);
+  }
+  const out = new Map<string, SafetensorsTensor>();
+  for (const shard of shards) {
+    for (const [key, tensor] of readSafetensorsFile(path.join(dir, shard)).tensors) {
+      const listed = weightMap[key];
+      if (listed === undefined) problems.push(`${shard} holds "${key}", which weight_map does not list`);
+      else if (listed !== shard) problems.push(`${shard} holds "${key}", which weight_map puts in ${listed as string}`);
+      else out.set(key, tensor);
+    }
+  }
+  for (const [key, shard] of Object.entries(weightMap)) {
+    if (!out.has(key) && !problems.some((p) => p.includes(`"${key}"`))) problems.push(`weight_map puts "${key}" in ${shard as string}, which has no such tensor`);
+  }
+  if (problems.length > 0) throw new Error(problems.map((p) => `${indexFile}: ${p}`).join('\n'));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------------------------------
+
+/** A tensor to write: float32 values stored as F32, BF16 (round to nearest even) or F16, or raw bytes. */
+export type TensorToWrite =
+  | { readonly shape: readonly number[]; readonly values: Float32Array; readonly dtype?: 'F32' | 'BF16' | 'F16' }
+  | { readonly shape: readonly number[]; readonly bytes: Uint8Array; readonly dtype: SafetensorsDType };
+
+/** float32 -> bfloat16 bits, rounding to nearest even (NaN stays NaN). */
+export function toBfloat16Bits(x: number): number {
+  const b = new DataView(new ArrayBuffer(4));
+  b.setFloat32(0, x);
+  const bits = b.getUint32(0);
+  if ((bits & 0x7fffffff) > 0x7f800000) return 0x7fc0;
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** float32 -> IEEE half bits, rounding to nearest even (overflow to infinity, NaN stays NaN). */
+export function toHalfBits(x: number): number {
+  const b = new DataView(new ArrayBuffer(4));
+  b.setFloat32(0, x);
+  const bits = b.getUint32(0);
+  const sign = (bits >>> 16) & 0x8000;
+  const exp = (bits >>> 23) & 0xff;
+  const mant = bits & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    const m = mant | 0x800000; // implicit 1
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = m & ((1 << shift) - 1);
+    let out = m >>> shift;
+    if (rest > half || (rest === half && (out & 1) === 1)) out++;
+    return sign | out;
+  }
+  let out = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (out & 1) === 1)) out++; // may carry into the exponent: correct
+  return sign | out;
+}
+
+function encodeData(key: string, t: TensorToWrite): { dtype: SafetensorsDType; bytes: Uint8Array } {
+  const count = t.shape.reduce((a, b) => a * b, 1);
+  if ('bytes' in t) {
+    if (t.bytes.byteLength !== count * DTYPE_BYTES[t.dtype]) {
+      throw new Error(`writeSafetensors: ${describe(key, t.dtype, t.shape)} needs ${count * DTYPE_BYTES[t.dtype]} bytes, got ${t.bytes.byteLength}`);
+    }
+    return { dtype: t.dtype, bytes: t.bytes };
+  }
+  const dtype = t.dtype ?? 'F32';
+  if (t.values.length !== count) throw new Error(`writeSafetensors: ${describe(key, dtype, t.shape)} needs ${count} values, got ${t.values.length}`);
+  if (dtype === 'F32') {
+    if (HOST_LE) return { dtype, bytes: new Uint8Array(t.values.buffer, t.values.byteOffset, t.values.byteLength) };
+    const bytes = new Uint8Array(count * 4);
+    const view = new DataView(bytes.buffer);
+    for (let i = 0; i < count; i++) view.setFloat32(4 * i, t.values[i], true);
+    return { dtype, bytes };
+  }
+  const bytes = new Uint8Array(count * 2);
+  const view = new DataView(bytes.buffer);
+  const convert = dtype === 'BF16' ? toBfloat16Bits : toHalfBits;
+  for (let i = 0; i < count; i++) view.setUint16(2 * i, convert(t.values[i]), true);
+  return { dtype, bytes };
+}
+
+/**
+ * Write one `.safetensors` file atomically. Tensors are laid out in the order given; the header is padded with
+ * spaces to a multiple of 8 bytes (as the reference implementation does). `metadata` defaults to {format: pt}.
+ */
+export function writeSafetensors(file: string, tensors: Iterable<readonly [string, TensorToWrite]>, metadata: Readonly<Record<string, string>> = { format: 'pt' }): void {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (const [key, t] of tensors) {
+    if (key === '__metadata__' || key in header) throw new Error(`writeSafetensors: key "${key}" given twice (or reserved)`);
+    const { dtype, bytes } = encodeData(key, t);
+    header[key] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes.byteLength] };
+    chunks.push(bytes);
+    offset += bytes.byteLength;
+  }
+  let json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Math.ceil(json.byteLength / 8) * 8;
+  if (padded !== json.byteLength) json = Buffer.concat([json, Buffer.alloc(padded - json.byteLength, 0x20)]);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.byteLength));
+  writeAtomic(file, [length, json, ...chunks]);
+}
+
+/**
+ * Write a sharded checkpoint into `dir`: `model-0000i-of-0000n.safetensors` (each at most `maxShardBytes` of
+ * data, a tensor never split) and `model.safetensors.index.json`, as transformers' `save_pretrained` names them.
+ */
+export function writeShardedSafetensors(dir: string, tensors: Iterable<readonly [string, TensorToWrite]>, maxShardBytes: number): string[] {
+  const shards: [string, TensorToWrite][][] = [[]];
+  let bytes = 0;
+  for (const [key, t] of tensors) {
+    const size = storedBytes(t);
+    if (bytes > 0 && bytes + size > maxShardBytes) {
+      shards.push([]);
+      bytes = 0;
+    }
+    shards[shards.length - 1].push([key, t]);
+    bytes += size;
+  }
+  const n = shards.length;
+  const pad = (i: number) => String(i).padStart(5, '0');
+  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(n)}.safetensors`);
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  shards.forEach((shard, i) => {
+    writeSafetensors(path.join(dir, names[i]), shard);
+    for (const [key, t] of shard) {
+      weightMap[key] = names[i];
+      total += storedBytes(t);
+    }
+  });
+  writeAtomic(path.join(dir, SAFETENSORS_INDEX_FILE), [Buffer.from(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n')]);
+  return names;
+}
+
+const storedBytes = (t: TensorToWrite): number =>
+  'bytes' in t ? t.bytes.byteLength : t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype ?? 'F32'];
+
+/** Temporary file next to the target, written piece by piece, fsynced, renamed over the target. */
+function writeAtomic(file: string, pieces: readonly Uint8Array[]): void {
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    let pos = 0;
+    for (const p of pieces) {
+      for (let done = 0; done < p.byteLength; ) done += fs.writeSync(fd, p, done, Math.min(p.byteLength - done, PIECE_BYTES), pos + done);
+      pos += p.byteLength;
+    }
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, file);
+}
