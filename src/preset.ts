@@ -1,29 +1,382 @@
 /**
- * Loading a PaliGemma from a Keras preset directory (config.json + model.weights.h5 or sharded weights).
+ * `fromPreset`: a PaliGemma from what keras_hub users pass to `PaliGemmaBackbone.from_preset`.
+ *
+ *   fromPreset('pali_gemma2_pt_3b_224')                       built-in name or alias (src/presets.ts)
+ *   fromPreset('kaggle://keras/paligemma2/keras/pali_gemma2_pt_3b_224/2')   Kaggle handle (version optional)
+ *   fromPreset('hf://google/paligemma2-3b-pt-224')            Hugging Face repo (`@revision` optional)
+ *   fromPreset('./my_preset')                                 local directory: Keras preset or HF checkpoint
+ *
+ * Nothing is downloaded: names and handles are looked up in the caches that kagglehub and huggingface_hub
+ * fill (and in $PALIGEMMA_PRESETS/<name>); a preset that is not there is an error that lists the paths tried
+ * and the command that fetches it, never random weights. As in keras_hub, a built-in name wins over a local
+ * directory of the same name (pass `./name` for the directory).
+ *
+ * Where files are looked for:
+ * - built-in name: `$PALIGEMMA_PRESETS/<name>`, then kagglehub's cache for the row's Kaggle handle (exactly
+ *   the version keras_hub's table names);
+ * - `kaggle://owner/model/framework/variation[/version]`: `$KAGGLEHUB_CACHE` (default ~/.cache/kagglehub)
+ *   `/models/<owner>/<model>/<framework>/<variation>/<version>`; without a version, the highest one there;
+ * - `hf://org/repo[@revision]`: `$HF_HUB_CACHE` (else `$HF_HOME/hub`, else ~/.cache/huggingface/hub)
+ *   `/models--org--repo/snapshots/<commit>`: the commit of `refs/<revision>` (default `main`), or a snapshot
+ *   named `<revision>`, or, with no revision and no refs/main, the most recently modified snapshot.
+ *
+ * `loadWeights: false` builds the config from the preset's config.json when the files are on disk, else (for
+ * built-in names, and Kaggle handles of built-in presets) from the table, and draws keras_hub's initializers.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
-import { indexH5, readDatasetFloat32 } from '../checkpoints/h5';
-import { decodeParams, type WeightMap } from '../checkpoints/params';
-import { CONFIG_DEFAULTS, type PaliGemmaConfig } from '../models/config';
+import * as d from '../dsl';
+import type { Key } from '../dsl';
+import { decodeConfig } from '../checkpoints/config';
+import { readHfCheckpoint, decodeHfConfig, isHfPaliGemmaConfig } from '../checkpoints/hf';
+import { initParams } from '../checkpoints/init';
+import { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
+import { decodeParams, parameterCount, type WeightMap } from '../checkpoints/params';
+import { hasSafetensors } from '../checkpoints/safetensors';
+import type { PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
+import { closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from './presets';
+import { assertFitsBackend } from './runtime';
+import { tf } from './tf';
 
-// TEMPORARY until checkpoints/keras.ts lands: single-file weights and a lenient config.
-export function readConfigLoose(dir: string): PaliGemmaConfig {
-  const raw = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).config;
-  const c = { ...CONFIG_DEFAULTS, ...raw } as Record<string, unknown>;
-  if (c.vit_intermediate_dim == null) c.vit_intermediate_dim = 4304;
-  if (c.vit_pooling === '0') c.vit_pooling = 'zero';
-  if (typeof c.dtype === 'object' && c.dtype) c.dtype = (c.dtype as { config: { name: string } }).config.name;
-  return c as unknown as PaliGemmaConfig;
+// ---------------------------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface FromPresetOptions {
+  /** Read the preset's weights (default true). false: keras_hub's initializers on the preset's config. */
+  readonly loadWeights?: boolean;
+  /** PRNG key of the initializers (`loadWeights: false`); default `key(seed ?? 0)`. */
+  readonly key?: Key;
+  readonly seed?: number;
+  /** After each weight is read: parameters read so far, parameters in all, and the weight's h5 path. */
+  readonly onProgress?: (done: number, total: number, what: string) => void;
 }
 
-export function readWeightsLoose(dir: string): WeightMap {
-  const index = indexH5(path.join(dir, 'model.weights.h5'));
-  return new Map([...index.datasets].map(([k, ds]) => [k, { shape: ds.shape, file: ds.file, read: () => readDatasetFloat32(ds) }]));
+/** keras_hub's `save_to_preset` layout, or a Hugging Face transformers checkpoint. */
+export type PresetFormat = 'keras' | 'hf';
+
+export interface ResolvedPreset {
+  /** What was asked for. */
+  readonly preset: string;
+  /** The built-in row, for a built-in name or alias or the Kaggle handle of one. */
+  readonly builtin: PresetInfo | undefined;
+  /** The directory holding the files, or null when they are not on this machine. */
+  readonly dir: string | null;
+  readonly format: PresetFormat | null;
+  /** Every place looked at, with what was found there. */
+  readonly tried: readonly string[];
+  /** How to get the files (when `dir` is null). */
+  readonly howToGet: string;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Caches
+// ---------------------------------------------------------------------------------------------------------------
+
+const env = (name: string): string | undefined => (process.env[name] ? process.env[name] : undefined);
+const expandHome = (p: string): string => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
+const isDir = (p: string): boolean => {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
+/** kagglehub's cache folder (kagglehub/config.py: KAGGLEHUB_CACHE, else ~/.cache/kagglehub). */
+export const kagglehubCache = (): string => expandHome(env('KAGGLEHUB_CACHE') ?? path.join(os.homedir(), '.cache', 'kagglehub'));
+
+/** huggingface_hub's cache folder (HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, $HF_HOME/hub, $XDG_CACHE_HOME/huggingface/hub). */
+export function hfHubCache(): string {
+  const direct = env('HF_HUB_CACHE') ?? env('HUGGINGFACE_HUB_CACHE');
+  if (direct !== undefined) return expandHome(direct);
+  const home = env('HF_HOME') ?? path.join(env('XDG_CACHE_HOME') ?? path.join(os.homedir(), '.cache'), 'huggingface');
+  return path.join(expandHome(home), 'hub');
+}
+
+export interface KaggleHandle {
+  readonly owner: string;
+  readonly model: string;
+  readonly framework: string;
+  readonly variation: string;
+  readonly version: number | null;
+}
+
+const KAGGLE_FORM = 'kaggle://<owner>/<model>/<framework>/<variation>[/<version>]';
+
+/** `kaggle://owner/model/framework/variation[/version]`. */
+export function parseKaggleHandle(handle: string): KaggleHandle {
+  const parts = handle.replace(/^kaggle:\/\//, '').split('/');
+  const ok = (parts.length === 4 || parts.length === 5) && parts.every((p) => /^[\w.-]+$/.test(p)) && (parts.length === 4 || /^\d+$/.test(parts[4]));
+  if (!ok) throw new Error(`"${handle}": not a Kaggle model handle; expected ${KAGGLE_FORM}`);
+  const [owner, model, framework, variation, version] = parts;
+  return { owner, model, framework, variation, version: version === undefined ? null : Number(version) };
+}
+
+const handleString = (h: KaggleHandle, version = h.version): string =>
+  `${h.owner}/${h.model}/${h.framework}/${h.variation}${version === null ? '' : `/${version}`}`;
+
+/** The versions of a Kaggle model variation in kagglehub's cache, highest first. */
+function cachedVersions(h: KaggleHandle): number[] {
+  const dir = path.join(kagglehubCache(), 'models', h.owner, h.model, h.framework, h.variation);
+  if (!isDir(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((n) => /^\d+$/.test(n) && isDir(path.join(dir, n)))
+    .map(Number)
+    .sort((a, b) => b - a);
+}
+
+function lookInKaggleCache(h: KaggleHandle, tried: string[]): string | null {
+  const where = `kagglehub's cache${env('KAGGLEHUB_CACHE') ? ', $KAGGLEHUB_CACHE' : ''}`;
+  const variationDir = path.join(kagglehubCache(), 'models', h.owner, h.model, h.framework, h.variation);
+  const versions = cachedVersions(h);
+  if (h.version === null) {
+    if (versions.length > 0) return path.join(variationDir, String(versions[0]));
+    tried.push(`${variationDir}/<version> (${where}): no version there`);
+    return null;
+  }
+  const dir = path.join(variationDir, String(h.version));
+  if (isDir(dir)) return dir;
+  const others = versions.length > 0 ? `; versions there: ${versions.join(', ')} (kaggle://${handleString(h, versions[0])} loads one)` : '';
+  tried.push(`${dir} (${where}): no such directory${others}`);
+  return null;
+}
+
+function lookInHfCache(repo: string, revision: string | null, tried: string[]): string | null {
+  const where = `the Hugging Face cache${env('HF_HUB_CACHE') ? ', $HF_HUB_CACHE' : env('HF_HOME') ? ', $HF_HOME/hub' : ''}`;
+  const root = path.join(hfHubCache(), `models--${repo.replace(/\//g, '--')}`);
+  const snapshots = path.join(root, 'snapshots');
+  if (!isDir(snapshots)) {
+    tried.push(`${snapshots} (${where}): no such directory`);
+    return null;
+  }
+  const ref = path.join(root, 'refs', revision ?? 'main');
+  if (fs.existsSync(ref)) {
+    const commit = fs.readFileSync(ref, 'utf8').trim();
+    const dir = path.join(snapshots, commit);
+    if (isDir(dir)) return dir;
+    tried.push(`${dir} (refs/${revision ?? 'main'} of ${where}): no such snapshot`);
+    return null;
+  }
+  if (revision !== null) {
+    const dir = path.join(snapshots, revision);
+    if (isDir(dir)) return dir;
+    const have = fs.readdirSync(snapshots).filter((n) => isDir(path.join(snapshots, n)));
+    tried.push(`${dir} (${where}): no ref or snapshot "${revision}"${have.length > 0 ? `; snapshots there: ${have.join(', ')}` : ''}`);
+    return null;
+  }
+  const newest = fs
+    .readdirSync(snapshots)
+    .map((n) => path.join(snapshots, n))
+    .filter(isDir)
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+  if (newest !== undefined) return newest;
+  tried.push(`${snapshots} (${where}): no snapshot`);
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Resolution
+// ---------------------------------------------------------------------------------------------------------------
+
+const NOT_DOWNLOADED = 'is not on this machine, and paligemma-ts downloads nothing';
+const FORMS =
+  'A preset is a built-in name (src/presets.ts), a local directory (a keras_hub preset or a Hugging Face checkpoint), ' +
+  `${KAGGLE_FORM} or hf://<org>/<repo>[@<revision>].`;
+
+const kaggleHowTo = (handle: string) =>
+  `Get it with kagglehub where there is a network (a Kaggle account that accepted the Gemma license):\n` +
+  `    python -c 'import kagglehub; print(kagglehub.model_download("${handle}"))'\n` +
+  `  then use the same cache here (KAGGLEHUB_CACHE), copy the printed directory to $PALIGEMMA_PRESETS/<name>, or pass that directory.`;
+
+const hfHowTo = (repo: string, revision: string | null) =>
+  `Get it with huggingface_hub where there is a network (the PaliGemma repos are gated: accept the license, then huggingface-cli login):\n` +
+  `    huggingface-cli download ${repo}${revision === null ? '' : ` --revision ${revision}`}\n` +
+  `  then use the same cache here (HF_HUB_CACHE or HF_HOME), or pass the snapshot directory.`;
+
+/**
+ * Where a preset's files are. Throws for an unknown name (with the closest names), a malformed handle or
+ * a local path that does not exist; a known preset that is not on disk gives `dir: null` and the paths tried.
+ */
+export function resolvePreset(preset: string): ResolvedPreset {
+  const tried: string[] = [];
+  const found = (dir: string | null, builtin: PresetInfo | undefined, howToGet: string): ResolvedPreset => ({
+    preset,
+    builtin,
+    dir,
+    format: dir === null ? null : presetFormat(dir),
+    tried,
+    howToGet,
+  });
+
+  const builtin = findPreset(preset);
+  if (builtin !== undefined) {
+    const root = env('PALIGEMMA_PRESETS');
+    if (root === undefined) tried.push('$PALIGEMMA_PRESETS/<name>: PALIGEMMA_PRESETS is not set');
+    else {
+      for (const name of [...new Set([builtin.name, preset])]) {
+        const dir = path.join(expandHome(root), name);
+        if (isDir(dir)) return found(dir, builtin, '');
+        tried.push(`${dir} ($PALIGEMMA_PRESETS): no such directory`);
+      }
+    }
+    const h = parseKaggleHandle(builtin.kaggleHandle);
+    return found(lookInKaggleCache(h, tried), builtin, kaggleHowTo(handleString(h)));
+  }
+
+  const scheme = /^([a-z][\w+.-]*):\/\//i.exec(preset)?.[1]?.toLowerCase();
+  if (scheme === 'kaggle') {
+    let h: KaggleHandle;
+    try {
+      h = parseKaggleHandle(preset);
+    } catch {
+      throw new Error(`fromPreset("${preset}"): not a Kaggle model handle; expected ${KAGGLE_FORM}`);
+    }
+    return found(lookInKaggleCache(h, tried), findPresetByHandle(preset), kaggleHowTo(handleString(h)));
+  }
+  if (scheme === 'hf') {
+    const m = /^hf:\/\/([\w.-]+\/[\w.-]+)(?:@([\w./-]+))?$/.exec(preset);
+    if (m === null) throw new Error(`fromPreset("${preset}"): not a Hugging Face repo; expected hf://<org>/<repo>[@<revision>]`);
+    return found(lookInHfCache(m[1], m[2] ?? null, tried), undefined, hfHowTo(m[1], m[2] ?? null));
+  }
+  if (scheme !== undefined) throw new Error(`fromPreset("${preset}"): the ${scheme}:// scheme is not supported here. ${FORMS}`);
+
+  const local = expandHome(preset);
+  if (isDir(local)) return found(path.resolve(local), undefined, '');
+  if (/[/\\]/.test(preset) || preset.startsWith('.') || preset.startsWith('~') || fs.existsSync(local)) {
+    throw new Error(`fromPreset("${preset}"): ${path.resolve(local)} is not a directory. ${FORMS}`);
+  }
+  throw new Error(`fromPreset("${preset}"): unknown preset. Closest built-in presets: ${closestPresetNames(preset).join(', ')}. ${FORMS}`);
+}
+
+/** The format of a preset directory, from its config.json (or task.json). */
+export function presetFormat(dir: string): PresetFormat {
+  const configFile = path.join(dir, 'config.json');
+  const taskFile = path.join(dir, 'task.json');
+  if (fs.existsSync(configFile)) {
+    const json = readJson(configFile);
+    const record = typeof json === 'object' && json !== null ? (json as Record<string, unknown>) : {};
+    if (record['class_name'] === 'PaliGemmaBackbone') return 'keras';
+    if (isHfPaliGemmaConfig(json)) return 'hf';
+    const what = record['class_name'] !== undefined ? `class_name ${JSON.stringify(record['class_name'])}` : record['model_type'] !== undefined ? `model_type ${JSON.stringify(record['model_type'])}` : 'neither class_name nor model_type';
+    throw new Error(`${configFile}: not a PaliGemma config (${what}; expected class_name "PaliGemmaBackbone" or model_type "paligemma")`);
+  }
+  if (fs.existsSync(taskFile) && taskBackbone(taskFile) !== undefined) return 'keras';
+  const listing = isDir(dir) ? fs.readdirSync(dir).sort().join(', ') || 'nothing' : 'no such directory';
+  throw new Error(
+    `${dir}: not a PaliGemma preset: expected config.json (keras_hub: class_name PaliGemmaBackbone; Hugging Face: model_type paligemma, ` +
+      `with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone; found ${listing}`,
+  );
+}
+
+/** The backbone config inside a keras_hub task.json, if it is a PaliGemmaBackbone. */
+function taskBackbone(file: string): unknown {
+  const json = readJson(file) as { config?: { backbone?: { class_name?: unknown } } } | null;
+  const backbone = json?.config?.backbone;
+  return backbone?.class_name === 'PaliGemmaBackbone' ? backbone : undefined;
+}
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: cannot read as JSON: ${(e as Error).message}`);
+  }
+}
+
+function notOnDiskError(r: ResolvedPreset, extra = ''): Error {
+  const builtin = r.builtin !== undefined ? `\nFor initialised weights with this architecture: fromPreset("${r.preset}", { loadWeights: false }).` : '';
+  return new Error(`fromPreset("${r.preset}"): the preset ${NOT_DOWNLOADED}. Looked in:\n  - ${r.tried.join('\n  - ')}\n${r.howToGet}${builtin}${extra}`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Config and weights of a directory
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The backbone config of a preset directory (keras_hub or Hugging Face). */
+export function readDirConfig(dir: string, format: PresetFormat = presetFormat(dir)): PaliGemmaConfig {
+  if (format === 'hf') {
+    const file = path.join(dir, 'config.json');
+    return decodeHfConfig(readJson(file), file);
+  }
+  if (fs.existsSync(path.join(dir, 'config.json'))) return readPresetConfig(dir);
+  const file = path.join(dir, 'task.json');
+  return decodeConfig(taskBackbone(file), `${file}: config.backbone`);
+}
+
+function readDirWeights(dir: string, format: PresetFormat): { config: PaliGemmaConfig; weights: WeightMap } {
+  if (format === 'hf') {
+    if (!hasSafetensors(dir)) throw new Error(`${dir}: a Hugging Face config.json but no model.safetensors or model.safetensors.index.json`);
+    return readHfCheckpoint(dir);
+  }
+  return { config: readDirConfig(dir, format), weights: readKerasWeights(dir) };
+}
+
+/** The config of any preset: from its files when on disk, else from the built-in table. */
+export function presetConfig(preset: string): PaliGemmaConfig {
+  const r = resolvePreset(preset);
+  if (r.dir !== null) return readDirConfig(r.dir, r.format!);
+  if (r.builtin !== undefined) return r.builtin.config;
+  throw notOnDiskError(r);
+}
+
+/** Reports progress as weights are read (counted in parameters). */
+function withProgress(weights: WeightMap, onProgress: NonNullable<FromPresetOptions['onProgress']>): WeightMap {
+  const total = [...weights.values()].reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
+  let done = 0;
+  return new Map(
+    [...weights].map(([key, w]) => [
+      key,
+      {
+        shape: w.shape,
+        ...(w.file !== undefined ? { file: w.file } : {}),
+        read: () => {
+          const values = w.read();
+          done += values.length;
+          onProgress(done, total, key);
+          return values;
+        },
+      },
+    ]),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// fromPreset
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * PaliGemma params from a preset (see the header for what `preset` may be). Checks every weight's key and shape
+ * against the config before creating a tensor, and refuses weights that would not fit the backend (the wasm
+ * heap) before allocating them.
+ */
+export function fromPreset(preset: string, options: FromPresetOptions = {}): PaliGemmaParams {
+  const r = resolvePreset(preset);
+  const loadWeights = options.loadWeights ?? true;
+  if (!loadWeights) {
+    const config = r.dir !== null ? readDirConfig(r.dir, r.format!) : r.builtin?.config;
+    if (config === undefined) throw notOnDiskError(r, '\nWithout its files its config is unknown too (loadWeights: false needs a built-in name or the files).');
+    guard(preset, config);
+    return initParams(config, options.key ?? d.key(options.seed ?? 0));
+  }
+  if (r.dir === null) throw notOnDiskError(r);
+  const { config, weights } = readDirWeights(r.dir, r.format!);
+  guard(preset, config);
+  const source = options.onProgress ? withProgress(weights, options.onProgress) : weights;
+  // In a tidy scope, so a read that fails halfway (a file cut meanwhile) leaves no tensor behind.
+  return tf.tidy(() => decodeParams(config, source, r.dir!) as unknown as tf.TensorContainer) as unknown as PaliGemmaParams;
+}
+
+/** Refuse, before any allocation, params that would not fit the current backend (see src/runtime.ts). */
+function guard(preset: string, config: PaliGemmaConfig): void {
+  const count = parameterCount(config);
+  assertFitsBackend(count * 4, `fromPreset("${preset}"): ${count.toLocaleString('en-US')} parameters as float32`);
+}
+
+/** A preset directory (keras_hub or Hugging Face): `fromPreset(dir)`. */
 export function loadPreset(dir: string): PaliGemmaParams {
-  const config = readConfigLoose(dir);
-  return decodeParams(config, readWeightsLoose(dir), dir);
+  return fromPreset(dir);
 }
