@@ -16,6 +16,7 @@ import {
   type GpuAdapterReport,
 } from './runtime';
 import { tf } from './tf';
+import { modelCommands } from './commands';
 
 export interface Io {
   out(line: string): void;
@@ -148,7 +149,7 @@ const info: Command = {
 // The table and main
 // ---------------------------------------------------------------------------------------------------------
 
-export const commands: Command[] = [info];
+export const commands: Command[] = [info, ...modelCommands];
 
 export function usage(): string {
   const width = Math.max(...commands.map((c) => c.usage.length));

@@ -1,3 +1,35 @@
+/**
+ * paligemma-ts: the public API. One CommonJS bundle (dist/index.js) with one copy of TensorFlow.js inside,
+ * re-exported as `tf`: use it, not a separately installed @tensorflow/tfjs-core, so tensors from both sides
+ * belong to the same engine.
+ */
 export { tf } from './tf';
 export * from './runtime';
 export { main } from './cli';
+
+// the named-tensor DSL
+export * as d from '../dsl';
+export type { Named, Key } from '../dsl';
+
+// models
+export * from '../models/config';
+export { backbone, logits, tokenEmbedding, prefixLmMask, embedInputs, type PaliGemmaParams, type BackboneInputs, type BackboneOptions } from '../models/paligemma';
+export { vit, encode as vitEncode } from '../models/siglip';
+
+// checkpoints
+export { kerasLayout, decodeParams, encodeParams, parameterCount } from '../checkpoints/params';
+export { initParams } from '../checkpoints/init';
+export { saveKerasPreset } from '../checkpoints/save';
+export { decodeConfig, encodeConfig } from '../checkpoints/config';
+export { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
+
+// presets, text, images, generation, training
+export * from './preset';
+export * from './tokenizer';
+export * from './preprocess/image';
+export * from './preprocess/packing';
+export * from './preprocess/outputs';
+export * from './generate';
+export * from './causal_lm';
+export * from './train';
+export { computeFixture, readManifest, readBin, writeComputed } from './fixture';
