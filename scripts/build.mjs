@@ -47,5 +47,6 @@ await Promise.all([
     }),
 ]);
 if (!process.argv.includes('--no-types')) {
-  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+  // the project's own TypeScript: node_modules/.bin/tsc may be tslab's bundled 5.0 (a devDependency for the notebook)
+  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
 }
