@@ -1,0 +1,169 @@
+/**
+ * The research notebook (notebooks/paligemma.ipynb) runs headless in the tslab TypeScript kernel, as CI runs
+ * it: `jupyter nbconvert --execute` (Debian's jupyter-nbconvert and jupyter-client) on the built package.
+ *
+ * The kernelspec goes into a temporary Jupyter directory, never the user's: JUPYTER_PATH finds it there, and
+ * the data, config and runtime (connection files) directories point into the same temporary folder. We write
+ * the kernel.json that `tslab install` writes rather than running it: its installer imports IPython, which
+ * Debian's Jupyter packages do not pull in.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import { webgpuAvailable } from './helpers/backends';
+
+const root = join(__dirname, '..', '..');
+const notebook = join(root, 'notebooks', 'paligemma.ipynb');
+const tslabBin = join(root, 'node_modules', 'tslab', 'bin', 'tslab');
+const installHint = 'apt-get install -y jupyter-nbconvert jupyter-client';
+
+interface Output {
+  output_type: string;
+  name?: string;
+  text?: string | string[];
+  data?: Record<string, string | string[]>;
+}
+interface Cell {
+  cell_type: string;
+  source: string | string[];
+  outputs?: Output[];
+  execution_count?: number | null;
+}
+interface Notebook {
+  cells: Cell[];
+  metadata: { kernelspec?: { name: string } };
+}
+
+const joined = (s: string | string[] | undefined): string => (Array.isArray(s) ? s.join('') : (s ?? ''));
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: root, env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b) => (stdout += b));
+    child.stderr.on('data', (b) => (stderr += b));
+    child.on('error', (error) => resolve({ code: null, stdout, stderr, error }));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/**
+ * nbconvert's own report of a failing cell has its source but not its text: tslab answers with a bare error
+ * status and prints the error (a stack, or the compiler's diagnostics) on the cell's stderr. This nbconvert
+ * config adds that text to nbconvert's stderr, between two marker lines.
+ */
+const reportConfig = `
+import sys
+def report(cell, cell_index, execute_reply):
+    reply = execute_reply['content']
+    print('>>> failed cell', cell_index, file=sys.stderr)
+    print(cell.source, file=sys.stderr)
+    print('---', file=sys.stderr)
+    for o in cell.outputs:
+        if o.get('name') == 'stderr':
+            sys.stderr.write(o.get('text', ''))
+    if reply.get('ename'):
+        print('%s: %s' % (reply['ename'], reply.get('evalue', '')), file=sys.stderr)
+    print('<<< failed cell', file=sys.stderr)
+c.ExecutePreprocessor.on_cell_error = report
+`;
+
+/** The failed cell's report from nbconvert's stderr, else its last lines (a dead kernel, a timeout). */
+function failure(stderr: string): string {
+  const begin = stderr.indexOf('>>> failed cell ');
+  const end = stderr.indexOf('<<< failed cell', begin);
+  return begin >= 0 && end > begin ? stderr.slice(begin + 4, end).trim() : stderr.slice(-6000);
+}
+
+test('the committed notebook uses the tslab kernel and has its outputs cleared', (t) => {
+  const nb = JSON.parse(readFileSync(notebook, 'utf8')) as Notebook;
+  t.is(nb.metadata.kernelspec?.name, 'tslab');
+  const code = nb.cells.filter((c) => c.cell_type === 'code');
+  t.true(code.length >= 5);
+  for (const c of code) {
+    t.deepEqual(c.outputs, [], joined(c.source));
+    t.is(c.execution_count, null);
+  }
+});
+
+test('the notebook runs headless in the tslab kernel and shows the picture, the mask and the text', async (t) => {
+  t.timeout(180_000);
+  const version = await run('jupyter', ['nbconvert', '--version'], process.env);
+  if (version.code !== 0) {
+    t.fail(
+      `jupyter nbconvert is not available (${version.error?.message ?? version.stderr.trim()}): ` +
+        `run \`${installHint}\` (Debian; .ci/run does it on CI)`,
+    );
+    return;
+  }
+  if (!existsSync(join(root, 'dist', 'index.js')) || !existsSync(join(root, 'dist', 'types', 'src', 'index.d.ts'))) {
+    t.fail('the notebook imports the built package: run `npm run build` first (npm test does)');
+    return;
+  }
+
+  const tmp = mkdtempSync(join(tmpdir(), 'paligemma-notebook-'));
+  t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+  mkdirSync(join(tmp, 'kernels', 'tslab'), { recursive: true });
+  writeFileSync(
+    join(tmp, 'kernels', 'tslab', 'kernel.json'),
+    JSON.stringify({
+      argv: [process.execPath, tslabBin, 'kernel', '--config-path', '{connection_file}'],
+      display_name: 'TypeScript',
+      language: 'typescript',
+    }),
+  );
+  const env = {
+    ...process.env,
+    JUPYTER_PATH: tmp,
+    JUPYTER_DATA_DIR: join(tmp, 'data'),
+    JUPYTER_CONFIG_DIR: join(tmp, 'config'),
+    JUPYTER_RUNTIME_DIR: join(tmp, 'runtime'),
+  };
+  const started = Date.now();
+  writeFileSync(join(tmp, 'report.py'), reportConfig);
+  const args = ['nbconvert', '--to', 'notebook', '--execute', '--ExecutePreprocessor.timeout=300', '--ExecutePreprocessor.kernel_name=tslab'];
+  args.push(`--config=${join(tmp, 'report.py')}`, '--output-dir', tmp, '--output', 'out', notebook);
+  const exec = await run('jupyter', args, env);
+  if (exec.code !== 0) {
+    t.fail(`the notebook failed (jupyter nbconvert --execute exited with ${exec.code ?? exec.error?.message}):\n${failure(exec.stderr)}`);
+    return;
+  }
+  t.log(`executed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+
+  const out = JSON.parse(readFileSync(join(tmp, 'out.ipynb'), 'utf8')) as Notebook;
+  const outputs = out.cells.flatMap((c) => c.outputs ?? []);
+  const stderr = outputs.filter((o) => o.output_type === 'stream' && o.name === 'stderr').map((o) => joined(o.text));
+  t.deepEqual(stderr, [], 'the notebook printed on stderr');
+  const stdout = outputs.filter((o) => o.output_type === 'stream' && o.name === 'stdout').map((o) => joined(o.text)).join('');
+  t.log(stdout.trim());
+
+  // (a) the package, its backend, one TensorFlow.js with every backend this machine has
+  t.regex(stdout, /^TensorFlow\.js 4\.\d+\.\d+, backend (cpu|wasm|webgpu): /m);
+  t.regex(stdout, /^setBackend: unknown backend 'gpu'/m);
+  const expected = ['cpu', 'wasm', ...(webgpuAvailable() ? ['webgpu'] : [])];
+  t.regex(stdout, new RegExp(`^registered with pg\\.tf: ${expected.join(', ')}$`, 'm'));
+  for (const name of expected) t.true(stdout.includes(`${name}: sum over embed of [batch=2, embed=3] = [batch=2] [ 3, 3 ]`), name);
+
+  // (b), (c) the input picture (the file itself) and the mask
+  const pngs = outputs.filter((o) => o.output_type === 'display_data' && o.data?.['image/png'] != null);
+  t.is(pngs.length, 2);
+  const bytes = pngs.map((o) => Buffer.from(joined(o.data!['image/png']), 'base64'));
+  t.true(bytes[0].equals(readFileSync(join(root, 'checkpoints', 'tiny', 'cat.png'))));
+  const mask = PNG.sync.read(bytes[1]);
+  t.is(mask.width, mask.height);
+  t.true(mask.width >= 100);
+  const colours = new Set<string>();
+  for (let i = 0; i < mask.data.length; i += 4) colours.add(Array.from(mask.data.subarray(i, i + 3)).join(','));
+  for (const c of ['255,255,255', '40,40,40', '66,133,244', '52,168,83', '251,140,0', '160,160,160']) t.true(colours.has(c), c);
+  t.regex(stdout, /^16 image \+ \d+ prompt \+ \d+ response \+ 4 padding tokens$/m);
+
+  // (d) generation, (e) detections
+  t.regex(stdout, /^text: "caption en\\n.*"$/m);
+  t.regex(stdout, /^\d+ tokens in \d+\.\d+ s: \d+\.\d tokens\/s on (cpu|wasm|webgpu)$/m);
+  t.true(stdout.includes('cat: locs 100,200,900,800 -> y 6.3..56.3, x 12.5..50.0 of 64x64'));
+  t.true(stdout.includes('ball: locs 512,0,1023,300 -> y 32.0..63.9, x 0.0..18.8 of 64x64'));
+});
