@@ -6,6 +6,7 @@
  * Reference: "HDF5 File Format Specification Version 3.0" (The HDF Group). The reader is h5.ts.
  */
 import * as fs from 'node:fs';
+import { writeAtomically, writeFully } from './atomic';
 import { HOST_LE, MSG, SIGNATURE, UNDEFINED, joinPath, pad8, showPath } from './h5';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -37,25 +38,11 @@ export interface H5WriteOptions {
  */
 export function writeH5(file: string, datasets: ReadonlyMap<string, H5WriteDataset>, options: H5WriteOptions = {}): void {
   const plan = planFile(file, datasets, options.groups ?? new Map());
-  const temp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  const fd = fs.openSync(temp, 'wx');
-  let written = false;
-  try {
-    writeAll(fd, plan.metadata, 0);
+  writeAtomically(file, (fd) => {
+    writeFully(fd, plan.metadata, 0);
     for (const d of plan.datasets) writeValues(fd, file, d);
     fs.ftruncateSync(fd, plan.end); // the end of the last dataset, also when it is empty
-    fs.fsyncSync(fd);
-    written = true;
-  } finally {
-    fs.closeSync(fd);
-    if (!written) fs.rmSync(temp, { force: true });
-  }
-  try {
-    fs.renameSync(temp, file);
-  } catch (e) {
-    fs.rmSync(temp, { force: true });
-    throw e;
-  }
+  });
 }
 
 const W = { offsets: 8, lengths: 8, leafK: 4, internalK: 16 } as const;
@@ -434,12 +421,6 @@ function writeCollection(w: Writer, c: PlannedCollection): void {
   if (free >= 16) w.u64(p + 8, free); // index 0: free space, its size counting its own header
 }
 
-function writeAll(fd: number, bytes: Uint8Array, position: number): void {
-  for (let done = 0; done < bytes.length; ) {
-    done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30), position + done);
-  }
-}
-
 function writeValues(fd: number, file: string, d: PlannedDataset): void {
   const values = typeof d.values === 'function' ? d.values() : d.values;
   if (values.length !== d.count) {
@@ -451,5 +432,5 @@ function writeValues(fd: number, file: string, d: PlannedDataset): void {
     const view = new DataView(bytes.buffer);
     values.forEach((v, i) => view.setFloat32(4 * i, v, true));
   }
-  writeAll(fd, bytes, d.data);
+  writeFully(fd, bytes, d.data);
 }

@@ -22,7 +22,7 @@ import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeParams, kerasLayout, type WeightMap, type WeightSpec } from './params';
 import { readSafetensors, writeSafetensors, writeShardedSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
-import { writeFileAtomic } from '../src/atomic';
+import { writeFileAtomic } from './atomic';
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);

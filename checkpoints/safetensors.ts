@@ -11,9 +11,9 @@
  * The writer is atomic (a temporary file next to the target, fsync, rename), for tests and for saving.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { halfToNumber } from './h5';
+import { HOST_LE, widenInto, type FloatDType } from './widen';
+import { writeFileAtomic } from './atomic';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -169,7 +169,6 @@ function makeTensor(file: string, key: string, dtype: SafetensorsDType, shape: r
 // Reading data: positioned reads in pieces, widened to float32
 // ---------------------------------------------------------------------------------------------------------------
 
-const HOST_LE = os.endianness() === 'LE';
 /** Bytes per read and per widening pass (readSync's length must fit an int32; 64 MiB keeps scratch small). */
 const PIECE_BYTES = 1 << 26;
 
@@ -202,35 +201,9 @@ function readFloats(t: SafetensorsTensor, count: number): Float32Array {
   }
 }
 
-function widen(dtype: SafetensorsFloat, src: Uint8Array, out: Float32Array): void {
-  const n = out.length;
-  if (HOST_LE && dtype === 'BF16') {
-    // bf16 bits are the upper half of float32's.
-    const bits = new Uint16Array(src.buffer, src.byteOffset, n);
-    const outBits = new Uint32Array(out.buffer, out.byteOffset, n);
-    for (let i = 0; i < n; i++) outBits[i] = bits[i] << 16;
-    return;
-  }
-  const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
-  const word = new DataView(new ArrayBuffer(4));
-  for (let i = 0; i < n; i++) {
-    switch (dtype) {
-      case 'BF16':
-        word.setUint32(0, view.getUint16(2 * i, true) << 16);
-        out[i] = word.getFloat32(0);
-        break;
-      case 'F16':
-        out[i] = halfToNumber(view.getUint16(2 * i, true));
-        break;
-      case 'F32':
-        out[i] = view.getFloat32(4 * i, true);
-        break;
-      case 'F64':
-        out[i] = view.getFloat64(8 * i, true);
-        break;
-    }
-  }
-}
+/** safetensors' dtype names as the shared widening knows them (safetensors is always little-endian). */
+const FLOAT_DTYPES: Readonly<Record<SafetensorsFloat, FloatDType>> = { BF16: 'bfloat16', F16: 'float16', F32: 'float32', F64: 'float64' };
+const widen = (dtype: SafetensorsFloat, src: Uint8Array, out: Float32Array): void => widenInto(FLOAT_DTYPES[dtype], true, src, out);
 
 function readFully(fd: number, file: string, dst: Uint8Array, pos: number): void {
   for (let done = 0; done < dst.length; ) {
@@ -393,7 +366,7 @@ export function writeSafetensors(file: string, tensors: Iterable<readonly [strin
   if (padded !== json.byteLength) json = Buffer.concat([json, Buffer.alloc(padded - json.byteLength, 0x20)]);
   const length = Buffer.alloc(8);
   length.writeBigUInt64LE(BigInt(json.byteLength));
-  writeAtomic(file, [length, json, ...chunks]);
+  writeFileAtomic(file, [length, json, ...chunks]);
 }
 
 /**
@@ -424,31 +397,10 @@ export function writeShardedSafetensors(dir: string, tensors: Iterable<readonly 
       total += storedBytes(t);
     }
   });
-  writeAtomic(path.join(dir, SAFETENSORS_INDEX_FILE), [Buffer.from(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n')]);
+  writeFileAtomic(path.join(dir, SAFETENSORS_INDEX_FILE), [Buffer.from(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n')]);
   return names;
 }
 
 const storedBytes = (t: TensorToWrite): number =>
   'bytes' in t ? t.bytes.byteLength : t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype ?? 'F32'];
 
-/** Temporary file next to the target, written piece by piece, fsynced, renamed over the target. */
-function writeAtomic(file: string, pieces: readonly Uint8Array[]): void {
-  const dir = path.dirname(file);
-  fs.mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    let pos = 0;
-    for (const p of pieces) {
-      for (let done = 0; done < p.byteLength; ) done += fs.writeSync(fd, p, done, Math.min(p.byteLength - done, PIECE_BYTES), pos + done);
-      pos += p.byteLength;
-    }
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-}

@@ -12,7 +12,7 @@ import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeConfig } from './config';
 import { writeH5, type H5WriteDataset } from './h5write';
 import { kerasLayout, parameterCount } from './params';
-import { writeFileAtomic } from '../src/atomic';
+import { writeFileAtomic } from './atomic';
 
 export async function saveKerasPreset(params: PaliGemmaParams, dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });

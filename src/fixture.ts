@@ -15,7 +15,7 @@ import { readWeightsFiles } from '../checkpoints/keras';
 import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../models/config';
 import type { VitParams } from '../models/siglip';
 import { loadPreset } from './preset';
-import { writeFileAtomic } from './atomic';
+import { writeFileAtomic } from '../checkpoints/atomic';
 
 export type BinDType = 'float32' | 'int32' | 'uint8' | 'float64' | 'uint32';
 export interface BinEntry {
