@@ -3,7 +3,7 @@
  * each backend. Prints the median over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only),
  * and peak tensor memory. A script, not a test: speed is compared against baselines printed in the same run.
  *
- *   node dist/bench.js [--backends wasm,cpu] [--runs 5] [--text 32]
+ *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32]      (wasm:2 = wasm with 2 threads)
  */
 import { tf } from './tf';
 import * as d from '../dsl';
@@ -58,13 +58,14 @@ function benchInputs(c: PaliGemmaConfig, text: number): BackboneInputs {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-export async function bench(backends: BackendRequest[], runs: number, text: number): Promise<void> {
+export async function bench(backends: string[], runs: number, text: number): Promise<void> {
   const c = BENCH_CONFIG;
   const flops = forwardFlops(c, text);
   console.log(`config: 50M PaliGemma (${(parameterCount(c) / 1e6).toFixed(1)}M params), batch 1, ${imageSequenceLength(c)} image + ${text} text tokens, ${(flops / 1e9).toFixed(2)} GFLOP of matmuls per forward`);
   console.log('reference on this machine (MEASURED.md): keras_hub JAX/XLA 0.075-0.079 s, keras_hub torch 0.22-0.25 s (2 threads)');
-  for (const b of backends) {
-    const info = await setBackend(b);
+  for (const spec of backends) {
+    const [b, threads] = spec.split(':');
+    const info = await setBackend(b as BackendRequest, threads ? { threads: Number(threads) } : {});
     const params = initParams(c, d.key(0));
     const inputs = benchInputs(c, text);
     const forward = () => {
@@ -88,7 +89,7 @@ export async function bench(backends: BackendRequest[], runs: number, text: numb
     }
     const ms = median(times);
     console.log(
-      `${info.name.padEnd(6)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
+      `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
         `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, ` +
         `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
         (info.reason ? ` (${info.reason})` : ''),
@@ -103,7 +104,7 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
     const i = process.argv.indexOf(`--${name}`);
     return i >= 0 ? process.argv[i + 1] : fallback;
   };
-  bench(arg('backends', 'wasm,cpu').split(',') as BackendRequest[], Number(arg('runs', '5')), Number(arg('text', '32'))).catch((e) => {
+  bench(arg('backends', 'wasm,wasm:2,cpu').split(','), Number(arg('runs', '5')), Number(arg('text', '32'))).catch((e) => {
     console.error(e);
     process.exit(1);
   });
