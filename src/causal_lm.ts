@@ -5,10 +5,9 @@
  *   const lm = loadCausalLM('checkpoints/tiny');
  *   const { texts } = await generateText(lm, { images: ['cat.png'], prompts: ['caption en\n'] }, { maxLength: 32 });
  */
-import * as fs from 'node:fs';
 import { tf } from './tf';
 import * as d from '../dsl';
-import { fromPreset } from './preset';
+import { fromPreset, resolvePreset } from './preset';
 import { loadTokenizer, type Tokenizer } from './tokenizer';
 import { convertImages, type ImageSource } from './preprocess/image';
 import { generatePostprocess, packGenerationBatch, specialTokenIds } from './preprocess/packing';
@@ -24,8 +23,8 @@ export interface CausalLM {
 /** Params and tokenizer of a preset (a directory or any name `fromPreset` resolves). */
 export function loadCausalLM(preset: string, options: { onProgress?: (done: number, total: number, what: string) => void } = {}): CausalLM {
   const params = fromPreset(preset, options);
-  const dir = fs.existsSync(preset) ? preset : undefined;
-  if (!dir) throw new Error(`loadCausalLM: the tokenizer of '${preset}' must be on disk; pass the preset's directory`);
+  // fromPreset succeeded, so the preset's files are on disk: its tokenizer is beside the weights
+  const dir = resolvePreset(preset).dir!;
   try {
     return { params, tokenizer: loadTokenizer(dir) };
   } catch (e) {
