@@ -199,13 +199,21 @@ export function dot<A extends Axes, B extends Axes, const C extends string>(
   const prod = (t: Named, axes: readonly string[]) => axes.reduce((p, a) => p * t.size(a), 1);
   const [nb, m, k, n] = [prod(x, batch), prod(x, xFree), prod(x, over), prod(y, yFree)];
   const resultAxes = [...x.axes.filter((a) => !over.includes(a)), ...yFree];
+  // x.y or, transposed, (y^T x^T)^T: whichever moves fewer elements (operands already in the order a plain
+  // matMul wants move nothing). The tied-embedding logits, x [batch, seq, embed] . E [vocab, embed], would
+  // transpose all of E; as E . x^T only x and the small result move (1.0 GFLOP: 179 ms -> ~50 ms in the bench).
+  const moved = (t: Named, order: readonly string[], size: number) => (isIdentity(order.map((a) => t.axes.indexOf(a))) ? 0 : size);
+  const plain = moved(x, [...batch, ...xFree, ...over], m * k) + moved(y, [...batch, ...over, ...yFree], k * n);
+  const swapped = moved(y, [...batch, ...yFree, ...over], k * n) + moved(x, [...batch, ...over, ...xFree], m * k) + m * n;
+  const [p, q, pFree, qFree] = swapped < plain ? [y, x, yFree, xFree] : [x, y, xFree, yFree];
+  const [rows, cols] = swapped < plain ? [n, m] : [m, n];
   return scoped(() => {
-    const a = tf.reshape(transposeTo(x.tensor, x.axes, [...batch, ...xFree, ...over]), nb === 1 ? [m, k] : [nb, m, k]);
-    const b = tf.reshape(transposeTo(y.tensor, y.axes, [...batch, ...over, ...yFree]), nb === 1 ? [k, n] : [nb, k, n]);
+    const a = tf.reshape(transposeTo(p.tensor, p.axes, [...batch, ...pFree, ...over]), nb === 1 ? [rows, k] : [nb, rows, k]);
+    const b = tf.reshape(transposeTo(q.tensor, q.axes, [...batch, ...over, ...qFree]), nb === 1 ? [k, cols] : [nb, k, cols]);
     const c = nb === 1 ? matMul2d(a as tf.Tensor2D, b as tf.Tensor2D) : batchedMatMul(a as tf.Tensor3D, b as tf.Tensor3D);
-    const shape = [...batch, ...xFree].map((a) => x.size(a)).concat(yFree.map((a) => y.size(a)));
-    const out = tf.reshape(c, shape);
-    return named(transposeTo(out, [...batch, ...xFree, ...yFree], resultAxes), resultAxes);
+    const computed = [...batch, ...pFree, ...qFree];
+    const out = tf.reshape(c, computed.map((a) => (x.axes.includes(a) ? x.size(a) : y.size(a))));
+    return named(transposeTo(out, computed, resultAxes), resultAxes);
   }) as unknown as Named<[...Without<A, C>, ...Without<B, C | A[number]>]>;
 }
 
