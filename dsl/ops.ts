@@ -14,7 +14,7 @@
  */
 import { tf } from '../src/tf';
 import { Named, named, describe, type Axes } from './named';
-import type { AxisOf, Contractible, FreshAxis, Rename, Splice, Union, Without } from './types';
+import type { AxisOf, Contractible, FreshAxis, MergeInto, Rename, Splice, Union, Without } from './types';
 
 // -------------------------------------------------------------------------------------------------
 // scopes
@@ -98,7 +98,7 @@ export function mergeAxes<A extends Axes, const M extends readonly A[number][], 
   x: Named<A>,
   axes: M,
   into: T,
-): Named<[...Without<A, M[number]>, T]> | Named<Axes> {
+): Named<MergeInto<A, M[number], T>> {
   return scoped(() => {
     const first = Math.min(...axes.map((a) => indexOf(x, a, 'mergeAxes')));
     const rest = x.axes.filter((a) => !axes.includes(a));
@@ -106,7 +106,7 @@ export function mergeAxes<A extends Axes, const M extends readonly A[number][], 
     const t = transposeTo(x.tensor, x.axes, order);
     const size = axes.reduce((p, a) => p * x.size(a), 1);
     const shape = [...rest.slice(0, first).map((a) => x.size(a)), size, ...rest.slice(first).map((a) => x.size(a))];
-    return named(tf.reshape(t, shape), [...rest.slice(0, first), into, ...rest.slice(first)]);
+    return named(tf.reshape(t, shape), [...rest.slice(0, first), into, ...rest.slice(first)]) as unknown as Named<MergeInto<A, M[number], T>>;
   });
 }
 

@@ -32,6 +32,15 @@ export type Splice<A extends Axes, F, T extends Axes> = A extends readonly [infe
     : [H, ...Splice<R, F, T>]
   : A extends readonly [] ? [] : string[];
 
+/** Merge the axes M of A into one axis T, placed where the first of them was. */
+export type MergeInto<A extends Axes, M, T extends string, Placed extends boolean = false> = A extends readonly [infer H extends string, ...infer R extends Axes]
+  ? H extends M
+    ? Placed extends true
+      ? MergeInto<R, M, T, true>
+      : [T, ...MergeInto<R, M, T, true>]
+    : [H, ...MergeInto<R, M, T, Placed>]
+  : A extends readonly [] ? [] : string[];
+
 /** The axes of a broadcast: A, then B's axes that A lacks. */
 export type Union<A extends Axes, B extends Axes> = [...A, ...Without<B, A[number]>];
 

@@ -73,7 +73,7 @@ export function queryScale(c: PaliGemmaConfig, compat?: 'keras_hub'): number {
 /** Epsilon of the decoder-block RMSNorms: documented layer_norm_epsilon; keras_hub's code leaves 1e-6. */
 export const blockEpsilon = (c: PaliGemmaConfig, compat?: 'keras_hub'): number => (compat === 'keras_hub' ? 1e-6 : c.layer_norm_epsilon);
 
-const rms = (x: Named, p: RmsNormParams, eps: number) => d.rmsNorm(x, p.scale, 'embed' as never, eps);
+const rms = (x: Hidden, p: RmsNormParams, eps: number): Hidden => d.rmsNorm(x, p.scale, 'embed', eps);
 
 // -------------------------------------------------------------------------------------------------
 // attention
@@ -84,7 +84,7 @@ const rms = (x: Named, p: RmsNormParams, eps: number) => d.rmsNorm(x, p.scale, '
  * the fixed-size cache with the one new position of each row written where the mask is true.
  */
 function withCache(cache: KV, fresh: KV, writeMask?: Named<readonly ['batch', 'key_seq']>): KV {
-  if (!writeMask) return d.concat([cache as Named, fresh as Named], 'key_seq' as never) as KV;
+  if (!writeMask) return d.concat([cache, fresh], 'key_seq');
   if (fresh.size('key_seq') !== 1) throw new Error(`attention: a cache with a writeMask takes one new position per row, got ${d.describe(fresh)}`);
   d.checkSizes(writeMask, { batch: cache.size('batch'), key_seq: cache.size('key_seq') }, 'attention: cache writeMask');
   return d.scoped(() => {
@@ -108,14 +108,14 @@ export function attention(
     const q = d.splitAxis(d.scale(q0, queryScale(c, o.compat)), 'heads', ['kv_heads', 'groups'] as const, [c.num_key_value_heads, groups]);
     const kNew = d.rename(d.rope(d.dot(x, p.key, 'embed'), o.positions, 'head_dim'), 'seq', 'key_seq'); // [batch, key_seq, kv_heads, head_dim]
     const vNew = d.rename(d.dot(x, p.value, 'embed'), 'seq', 'key_seq');
-    const key = o.cache ? withCache(o.cache.key, kNew as KV, o.cache.writeMask) : (kNew as KV);
-    const value = o.cache ? withCache(o.cache.value, vNew as KV, o.cache.writeMask) : (vNew as KV);
-    let logits: Named = d.dot(q, key, 'head_dim'); // [batch, seq, kv_heads, groups, key_seq]
+    const key: KV = o.cache ? withCache(o.cache.key, kNew, o.cache.writeMask) : kNew;
+    const value: KV = o.cache ? withCache(o.cache.value, vNew, o.cache.writeMask) : vNew;
+    let logits = d.dot(q, key, 'head_dim'); // [batch, seq, kv_heads, groups, key_seq]
     if (c.attention_logit_soft_cap !== null) logits = d.softCap(logits, c.attention_logit_soft_cap); // before masking
-    let probs = d.softmax(logits, 'key_seq' as never, o.mask);
+    let probs = d.softmax(logits, 'key_seq', o.mask);
     if (o.dropoutKey) probs = d.dropout(probs, c.dropout, d.foldIn(o.dropoutKey, 0));
-    const heads = d.mergeAxes(d.dot(probs, value as Named, 'key_seq' as never), ['kv_heads', 'groups'] as never, 'heads'); // [batch, seq, heads, head_dim]
-    const out = d.dot(heads as Named, p.output as Named, 'heads' as never, 'head_dim' as never) as unknown as Hidden; // [batch, seq, embed]
+    const heads = d.mergeAxes(d.dot(probs, value, 'key_seq'), ['kv_heads', 'groups'] as const, 'heads'); // [batch, seq, heads, head_dim]
+    const out: Hidden = d.dot(heads, p.output, 'heads', 'head_dim'); // [batch, seq, embed]
     return { out, key, value };
   });
 }
@@ -127,18 +127,18 @@ export function attention(
 export function decoderBlock(p: DecoderBlockParams, c: PaliGemmaConfig, x: Hidden, o: BlockOptions): { x: Hidden; key: KV; value: KV } {
   return d.scoped(() => {
     const eps = blockEpsilon(c, o.compat);
-    const att = attention(p.attention, c, rms(x, p.pre_attention_norm, eps) as Hidden, o);
-    let a: Named = att.out;
+    const att = attention(p.attention, c, rms(x, p.pre_attention_norm, eps), o);
+    let a = att.out;
     if (p.post_attention_norm) a = rms(a, p.post_attention_norm, eps);
     if (o.dropoutKey) a = d.dropout(a, c.dropout, d.foldIn(o.dropoutKey, 1));
-    const h = d.add(x, a) as unknown as Hidden;
+    const h: Hidden = d.add(x, a);
     const y = rms(h, p.pre_ffw_norm, eps);
     // the FFN is intermediate_dim / 2 wide: keras_hub's intermediate_dim counts both gates
-    const gate = d.geluTanh(d.dot(y, p.gating_ffw as Named, 'embed' as never));
-    const up = d.dot(y, p.gating_ffw_2 as Named, 'embed' as never);
-    let f: Named = d.dot(d.mul(gate, up), p.ffw_linear as Named, 'ffw' as never);
+    const gate = d.geluTanh(d.dot(y, p.gating_ffw, 'embed')); // [batch, seq, ffw]
+    const up = d.dot(y, p.gating_ffw_2, 'embed');
+    let f: Hidden = d.dot(d.mul(gate, up), p.ffw_linear, 'ffw');
     if (p.post_ffw_norm) f = rms(f, p.post_ffw_norm, eps);
-    return { x: d.add(h, f) as unknown as Hidden, key: att.key, value: att.value };
+    return { x: d.add(h, f), key: att.key, value: att.value };
   });
 }
 

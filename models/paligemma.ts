@@ -104,12 +104,12 @@ export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
 export function embedInputs(p: PaliGemmaParams, x: BackboneInputs, debug?: BackboneOptions['debug']): Hidden {
   return d.scoped(() => {
     const c = p.config;
-    const image = d.rename(vit(p.vit, c, x.images, debug) as Named<readonly ['batch', 'patches', 'embed']>, 'patches', 'seq');
+    const image = d.rename(vit(p.vit, c, x.images, debug), 'patches', 'seq');
     debug?.('image_embeddings', image);
     // sqrt(D) rounded to float32 first, as keras_hub does (ops.cast(ops.sqrt(hidden_dim), dtype))
     const text = d.scale(d.embed(p.token_embedding, x.token_ids), Math.fround(Math.sqrt(c.hidden_dim))); // not applied to images
     debug?.('text_embeddings_scaled', text);
-    return d.concat([image as Named, text as Named], 'seq' as never) as unknown as Hidden;
+    return d.concat<readonly ['batch', 'seq', 'embed'], 'seq'>([image, text], 'seq');
   });
 }
 

@@ -11,6 +11,7 @@
  */
 import * as d from '../dsl';
 import type { Named } from '../dsl';
+import type { Without } from '../dsl/types';
 import type { PaliGemmaConfig } from './config';
 
 // -------------------------------------------------------------------------------------------------
@@ -76,11 +77,17 @@ const LN_EPS = 1e-6;
 // layers
 // -------------------------------------------------------------------------------------------------
 
-const dense = <A extends readonly string[], I extends string, O extends string>(x: Named<A>, p: Dense<I, O>) =>
-  d.add(d.dot(x, p.kernel as Named, p.kernel.axes[0] as never), p.bias as Named);
+/** x . kernel + bias, contracting the kernel's input axis. */
+function dense<A extends readonly string[], I extends string, O extends string>(x: Named<A>, p: Dense<I, O>): Named<[...Without<A, I>, O]> {
+  // the one generic contraction of this file: TypeScript cannot check a contraction over a type parameter
+  const y = d.dot(x as Named, p.kernel as Named, p.kernel.axes[0] as never);
+  return d.add(y, p.bias as Named) as unknown as Named<[...Without<A, I>, O]>;
+}
+
+type Tokens = Named<readonly ['batch', 'patches', 'vit_embed']>;
 
 /** Non-overlapping p x p patches, flattened row-major (index = row * S/p + col), then one matMul. */
-export function patchEmbed(p: VitParams, images: Images, patch: number): Named {
+export function patchEmbed(p: VitParams, images: Images, patch: number): Tokens {
   return d.scoped(() => {
     const s = images.size('height');
     if (s !== images.size('width') || s % patch !== 0) {
@@ -89,46 +96,44 @@ export function patchEmbed(p: VitParams, images: Images, patch: number): Named {
     const grid = s / patch;
     const rows = d.splitAxis(images, 'height', ['grid_h', 'patch_h'] as const, [grid, patch]);
     const cells = d.splitAxis(rows, 'width', ['grid_w', 'patch_w'] as const, [grid, patch]); // rank 6
-    const byPatch = d.mergeAxes(d.mergeAxes(cells, ['grid_h', 'grid_w'] as const, 'patches') as Named, ['patch_h', 'patch_w', 'channels'] as never, 'pixels');
+    const patches = d.mergeAxes(d.mergeAxes(cells, ['grid_h', 'grid_w'] as const, 'patches'), ['patch_h', 'patch_w', 'channels'] as const, 'pixels');
     const kernel = d.mergeAxes(p.patch_embedding.kernel, ['patch_h', 'patch_w', 'channels'] as const, 'pixels');
-    const x = d.dot(byPatch as Named, kernel as Named, 'pixels' as never); // [batch, patches, vit_embed]
+    const x = d.dot(patches, kernel, 'pixels'); // [batch, patches, vit_embed]
     return d.add(d.add(x, p.patch_embedding.bias), p.position_embedding);
   });
 }
 
 /** Multi-head self-attention without mask: scores q.k / sqrt(head_dim), softmax in float32. */
-function vitAttention(p: VitBlockParams, x: Named, heads: number): Named {
-  const width = x.size('vit_embed');
-  const headDim = width / heads;
-  const project = (q: Dense<'vit_embed', 'vit_qkv'>) => d.splitAxis(dense(x, q), 'vit_qkv' as never, ['vit_heads', 'vit_head_dim'] as const, [heads, headDim]);
-  const q = d.scale(project(p.query_proj), 1 / Math.sqrt(headDim));
-  const k = d.rename(project(p.key_proj), 'patches' as never, 'key_patches');
-  const v = d.rename(project(p.value_proj), 'patches' as never, 'key_patches');
-  const probs = d.softmax(d.dot(q, k, 'vit_head_dim' as never), 'key_patches' as never); // [batch, patches, vit_heads, key_patches]
-  const o = d.dot(probs, v, 'key_patches' as never); // [batch, patches, vit_heads, vit_head_dim]
-  return dense(d.mergeAxes(o, ['vit_heads', 'vit_head_dim'] as never, 'vit_qkv') as Named, p.out_proj);
+function vitAttention(p: VitBlockParams, x: Tokens, heads: number): Tokens {
+  const headDim = x.size('vit_embed') / heads;
+  const project = (w: Dense<'vit_embed', 'vit_qkv'>) => d.splitAxis(dense(x, w), 'vit_qkv', ['vit_heads', 'vit_head_dim'] as const, [heads, headDim]);
+  const q = d.scale(project(p.query_proj), 1 / Math.sqrt(headDim)); // [batch, patches, vit_heads, vit_head_dim]
+  const k = d.rename(project(p.key_proj), 'patches', 'key_patches');
+  const v = d.rename(project(p.value_proj), 'patches', 'key_patches');
+  const probs = d.softmax(d.dot(q, k, 'vit_head_dim'), 'key_patches'); // [batch, patches, vit_heads, key_patches]
+  const o = d.dot(probs, v, 'key_patches'); // [batch, patches, vit_heads, vit_head_dim]
+  return dense(d.mergeAxes(o, ['vit_heads', 'vit_head_dim'] as const, 'vit_qkv'), p.out_proj);
 }
 
-function vitBlock(p: VitBlockParams, x: Named, heads: number): Named {
+function vitBlock(p: VitBlockParams, x: Tokens, heads: number): Tokens {
   return d.scoped(() => {
-    const h = d.add(x, vitAttention(p, d.layerNorm(x, p.layer_norm_1.gamma, p.layer_norm_1.beta, 'vit_embed' as never, LN_EPS), heads));
-    const y = d.layerNorm(h, p.layer_norm_2.gamma, p.layer_norm_2.beta, 'vit_embed' as never, LN_EPS);
+    const h = d.add(x, vitAttention(p, d.layerNorm(x, p.layer_norm_1.gamma, p.layer_norm_1.beta, 'vit_embed', LN_EPS), heads));
+    const y = d.layerNorm(h, p.layer_norm_2.gamma, p.layer_norm_2.beta, 'vit_embed', LN_EPS);
     return d.add(h, dense(d.geluTanh(dense(y, p.mlp_dense_1)), p.mlp_dense_2));
   });
 }
 
 /** MAP head: a learned probe attends over the patches (biased q/k/v/out), then x + MLP(LN(x)). */
-function mapPool(p: MapHeadParams, x: Named, heads: number): Named {
+function mapPool(p: MapHeadParams, x: Tokens, heads: number): Named<readonly ['batch', 'vit_embed']> {
   return d.scoped(() => {
     const headDim = p.query.kernel.size('vit_head_dim');
-    const proj = (t: Named, w: MapHeadParams['query']) => d.add(d.dot(t, w.kernel as Named, 'vit_embed' as never), w.bias as Named);
-    const q = d.scale(proj(p.probe as Named, p.query), 1 / Math.sqrt(headDim)); // [vit_heads, vit_head_dim]
-    const k = proj(x, p.key); // [batch, patches, vit_heads, vit_head_dim]
-    const v = proj(x, p.value);
-    const probs = d.softmax(d.dot(q, k, 'vit_head_dim' as never), 'patches' as never); // [vit_heads, batch, patches]
-    const o = d.dot(probs, v, 'patches' as never); // [vit_heads, batch, vit_head_dim]
-    const pooled = d.add(d.dot(o, p.output.kernel as Named, 'vit_heads' as never, 'vit_head_dim' as never), p.output.bias as Named); // [batch, vit_embed]
-    const y = d.layerNorm(pooled, p.layer_norm.gamma, p.layer_norm.beta, 'vit_embed' as never, LN_EPS);
+    const q = d.scale(d.add(d.dot(p.probe, p.query.kernel, 'vit_embed'), p.query.bias), 1 / Math.sqrt(headDim)); // [vit_heads, vit_head_dim]
+    const k = d.add(d.dot(x, p.key.kernel, 'vit_embed'), p.key.bias); // [batch, patches, vit_heads, vit_head_dim]
+    const v = d.add(d.dot(x, p.value.kernel, 'vit_embed'), p.value.bias);
+    const probs = d.softmax(d.dot(q, k, 'vit_head_dim'), 'patches'); // [vit_heads, batch, patches]
+    const o = d.dot(probs, v, 'patches'); // [vit_heads, batch, vit_head_dim]
+    const pooled = d.add(d.dot(o, p.output.kernel, 'vit_heads', 'vit_head_dim'), p.output.bias); // [batch, vit_embed]
+    const y = d.layerNorm(pooled, p.layer_norm.gamma, p.layer_norm.beta, 'vit_embed', LN_EPS);
     // keras' Dense(activation="gelu") is the exact erf GELU
     return d.add(pooled, dense(d.geluErf(dense(y, p.mlp_dense_1)), p.mlp_dense_2));
   });
@@ -142,23 +147,23 @@ const activations: Record<string, (x: Named) => Named> = {
 };
 
 /** Encoder output after the final LayerNorm, before pooling: [batch, patches, vit_embed]. */
-export function encode(p: VitParams, c: VitConfig, images: Images): Named {
+export function encode(p: VitParams, c: VitConfig, images: Images): Tokens {
   return d.scoped(() => {
     let x = patchEmbed(p, images, c.vit_patch_size);
     for (const block of p.blocks) x = vitBlock(block, x, c.vit_num_heads);
-    return d.layerNorm(x, p.encoder_layer_norm.gamma, p.encoder_layer_norm.beta, 'vit_embed' as never, LN_EPS);
+    return d.layerNorm(x, p.encoder_layer_norm.gamma, p.encoder_layer_norm.beta, 'vit_embed', LN_EPS);
   });
 }
 
 /** Pooling of the encoder output: none keeps [batch, patches, vit_embed]; the others give [batch, vit_embed]. */
-export function pool(p: VitParams, c: VitConfig, x: Named): Named {
+export function pool(p: VitParams, c: VitConfig, x: Tokens): Tokens | Named<readonly ['batch', 'vit_embed']> {
   switch (c.vit_pooling) {
     case null:
       return x;
     case 'gap':
-      return d.mean(x, 'patches' as never);
+      return d.mean(x, 'patches');
     case 'zero':
-      return d.scoped(() => d.mean(d.slice(x, 'patches' as never, 0, 1), 'patches' as never));
+      return d.scoped(() => d.mean(d.slice(x, 'patches', 0, 1), 'patches'));
     case 'map':
       if (!p.pooling) throw new Error("vit_pooling is 'map' but the params have no pooling head");
       return mapPool(p.pooling, x, c.vit_num_heads);
@@ -166,13 +171,13 @@ export function pool(p: VitParams, c: VitConfig, x: Named): Named {
 }
 
 /** The image tokens the decoder sees: [batch, patches, embed] (patches = 1 when pooled). */
-export function vit(p: VitParams, c: VitConfig, images: Images, debug?: (name: string, x: Named) => void): Named {
+export function vit(p: VitParams, c: VitConfig, images: Images, debug?: (name: string, x: Named) => void): Named<readonly ['batch', 'patches', 'embed']> {
   return d.scoped(() => {
     const encoded = encode(p, c, images);
     debug?.('vit_encoder_output', encoded);
-    let x = pool(p, c, encoded);
-    if (c.vit_pooling !== null) debug?.('vit_pooled', x);
-    x = dense(x, p.image_classifier);
+    const pooled = pool(p, c, encoded);
+    if (c.vit_pooling !== null) debug?.('vit_pooled', pooled);
+    let x: Named = dense(pooled as Named, p.image_classifier);
     const act = c.vit_classifier_activation;
     if (act !== null) {
       const f = activations[act];
@@ -180,6 +185,6 @@ export function vit(p: VitParams, c: VitConfig, images: Images, debug?: (name: s
       x = f(x);
     }
     // a pooled image is one token
-    return c.vit_pooling === null ? x : d.expand(x, 'patches' as never, 1);
+    return (c.vit_pooling === null ? x : d.expand(x, 'patches', 1)) as Named<readonly ['batch', 'patches', 'embed']>;
   });
 }
