@@ -29,7 +29,7 @@
  * Reference: "HDF5 File Format Specification Version 3.0" (The HDF Group); each parser names its section.
  */
 import * as fs from 'node:fs';
-import { HOST_LE, bfloat16ToNumber, halfToNumber, widenInto, type FloatDType } from './widen';
+import { HOST_LE, bfloat16ToNumber, halfToNumber, readFloatsAt, readFully, type FloatDType } from './io';
 
 export { HOST_LE, bfloat16ToNumber, halfToNumber };
 
@@ -223,14 +223,6 @@ function truncated(src: Source, details: readonly string[]): Error {
 }
 
 /** Fill `dst` from `pos`, in reads of at most 1 GiB (readSync's length must fit in an int32). */
-function readFully(fd: number, file: string, dst: Uint8Array, pos: number): void {
-  for (let done = 0; done < dst.length; ) {
-    const n = fs.readSync(fd, dst, done, Math.min(dst.length - done, 1 << 30), pos + done);
-    if (n === 0) throw new Error(`${file}: unexpected end of file at byte ${pos + done}`);
-    done += n;
-  }
-}
-
 interface Sizes {
   /** Size of file addresses ("offsets") and of lengths, in bytes (superblock). */
   readonly offsets: number;
@@ -1020,7 +1012,6 @@ function datasetDType(type: H5Type, attrs: H5Attrs, where: string): { dtype: H5D
 
 
 /** Bytes per read when converting: bounds the scratch memory. */
-const PIECE_BYTES = 1 << 26;
 
 function withFd<T>(file: string, f: (fd: number) => T): T {
   const fd = fs.openSync(file, 'r');
@@ -1053,21 +1044,6 @@ function readFloat32At(fd: number, ds: H5Dataset): Float32Array {
     throw new Error(`${ds.file}: dataset "${ds.path}" is ${ds.dtype}, not a float type: read its bytes instead`);
   }
   checkExtent(fd, ds);
-  const elemBytes = DTYPE_BYTES[ds.dtype];
-  const count = ds.byteLength / elemBytes;
-  const out = new Float32Array(count);
-  if (ds.dtype === 'float32' && ds.littleEndian === HOST_LE) {
-    readFully(fd, ds.file, new Uint8Array(out.buffer), ds.offset);
-    return out;
-  }
-  const perPiece = Math.floor(PIECE_BYTES / elemBytes);
-  const scratch = new Uint8Array(Math.min(count, perPiece) * elemBytes);
-  for (let start = 0; start < count; start += perPiece) {
-    const n = Math.min(perPiece, count - start);
-    const piece = scratch.subarray(0, n * elemBytes);
-    readFully(fd, ds.file, piece, ds.offset + start * elemBytes);
-    widenInto(ds.dtype, ds.littleEndian, piece, out.subarray(start, start + n));
-  }
-  return out;
+  return readFloatsAt(fd, ds.file, ds.offset, ds.byteLength / DTYPE_BYTES[ds.dtype], ds.dtype, ds.littleEndian);
 }
 

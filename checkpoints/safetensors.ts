@@ -12,7 +12,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HOST_LE, widenInto, type FloatDType } from './widen';
+import { HOST_LE, readFloatsAt, readFully, type FloatDType } from './io';
 import { writeFileAtomic } from './atomic';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -169,13 +169,9 @@ function makeTensor(file: string, key: string, dtype: SafetensorsDType, shape: r
 // Reading data: positioned reads in pieces, widened to float32
 // ---------------------------------------------------------------------------------------------------------------
 
-/** Bytes per read and per widening pass (readSync's length must fit an int32; 64 MiB keeps scratch small). */
-const PIECE_BYTES = 1 << 26;
-
 function readFloats(t: SafetensorsTensor, count: number): Float32Array {
   if (!FLOATS.includes(t.dtype)) throw new Error(`${t.file}: ${describe(t.key, t.dtype, t.shape)} is not a float tensor (F32, BF16, F16, F64)`);
   const elem = DTYPE_BYTES[t.dtype];
-  const out = new Float32Array(count);
   const fd = openOrThrow(t.file);
   try {
     // The file may have changed since it was indexed.
@@ -183,19 +179,7 @@ function readFloats(t: SafetensorsTensor, count: number): Float32Array {
     if (t.offset + count * elem > size) {
       throw truncationError(t.file, size, [`${describe(t.key, t.dtype, t.shape)} needs bytes ${t.offset}..${t.offset + t.byteLength}`]);
     }
-    if (t.dtype === 'F32' && HOST_LE) {
-      readFully(fd, t.file, new Uint8Array(out.buffer), t.offset);
-      return out;
-    }
-    const perPiece = Math.floor(PIECE_BYTES / elem);
-    const scratch = new Uint8Array(Math.min(count, perPiece) * elem);
-    for (let start = 0; start < count; start += perPiece) {
-      const n = Math.min(perPiece, count - start);
-      const piece = scratch.subarray(0, n * elem);
-      readFully(fd, t.file, piece, t.offset + start * elem);
-      widen(t.dtype as SafetensorsFloat, piece, out.subarray(start, start + n));
-    }
-    return out;
+    return readFloatsAt(fd, t.file, t.offset, count, FLOAT_DTYPES[t.dtype as SafetensorsFloat], true);
   } finally {
     fs.closeSync(fd);
   }
@@ -203,15 +187,6 @@ function readFloats(t: SafetensorsTensor, count: number): Float32Array {
 
 /** safetensors' dtype names as the shared widening knows them (safetensors is always little-endian). */
 const FLOAT_DTYPES: Readonly<Record<SafetensorsFloat, FloatDType>> = { BF16: 'bfloat16', F16: 'float16', F32: 'float32', F64: 'float64' };
-const widen = (dtype: SafetensorsFloat, src: Uint8Array, out: Float32Array): void => widenInto(FLOAT_DTYPES[dtype], true, src, out);
-
-function readFully(fd: number, file: string, dst: Uint8Array, pos: number): void {
-  for (let done = 0; done < dst.length; ) {
-    const n = fs.readSync(fd, dst, done, Math.min(dst.length - done, PIECE_BYTES), pos + done);
-    if (n === 0) throw new Error(`${file}: unexpected end of file at byte ${pos + done}`);
-    done += n;
-  }
-}
 
 function openOrThrow(file: string): number {
   try {
