@@ -5,6 +5,14 @@
  *   fromPreset('kaggle://keras/paligemma2/keras/pali_gemma2_pt_3b_224/2')   Kaggle handle (version optional)
  *   fromPreset('hf://google/paligemma2-3b-pt-224')            Hugging Face repo (`@revision` optional)
  *   fromPreset('./my_preset')                                 local directory: Keras preset or HF checkpoint
+ *   fromPreset('./pt_224.npz', { config: 'pali_gemma_3b_224' })  big_vision `.npz` (or a directory holding one)
+ *
+ * big_vision checkpoints (checkpoints/bigvision.ts) carry no config. Their config is, in this order:
+ * `options.config` (a built-in preset name or a PaliGemmaConfig); a config.json beside the `.npz` (keras_hub's
+ * or Hugging Face's); else the one built-in preset config that every array's shape fits (shapes cannot tell
+ * soft caps, windows or epsilons apart, so other configs must be given). A directory is a big_vision checkpoint
+ * when it holds `.npz` files and neither model.weights.h5 nor safetensors; with several `.npz` files (the
+ * Hugging Face `*-jax` repos hold float32, bf16 and f16 copies), pass the file.
  *
  * Nothing is downloaded: names and handles are looked up in the caches that kagglehub and huggingface_hub
  * fill (and in $PALIGEMMA_PRESETS/<name>); a preset that is not there is an error that lists the paths tried
@@ -33,10 +41,12 @@ import { readHfCheckpoint, decodeHfConfig, isHfPaliGemmaConfig } from '../checkp
 import { initParams } from '../checkpoints/init';
 import { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
 import { decodeParams, parameterCount, type WeightMap } from '../checkpoints/params';
+import { bigVisionWeights, inferBigVisionConfig } from '../checkpoints/bigvision';
+import { readNpz, type NpzArrays } from '../checkpoints/npz';
 import { hasSafetensors } from '../checkpoints/safetensors';
 import type { PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
-import { closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from './presets';
+import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from './presets';
 import { assertFitsBackend } from './runtime';
 import { tf } from './tf';
 
@@ -52,17 +62,22 @@ export interface FromPresetOptions {
   readonly seed?: number;
   /** After each weight is read: parameters read so far, parameters in all, and the weight's h5 path. */
   readonly onProgress?: (done: number, total: number, what: string) => void;
+  /**
+   * The config of a big_vision `.npz` checkpoint (which has none): a built-in preset name or a config. Refused
+   * for other formats, whose files hold their config.
+   */
+  readonly config?: string | PaliGemmaConfig;
 }
 
-/** keras_hub's `save_to_preset` layout, or a Hugging Face transformers checkpoint. */
-export type PresetFormat = 'keras' | 'hf';
+/** keras_hub's `save_to_preset` layout, a Hugging Face transformers checkpoint, or a big_vision `.npz`. */
+export type PresetFormat = 'keras' | 'hf' | 'bigvision';
 
 export interface ResolvedPreset {
   /** What was asked for. */
   readonly preset: string;
   /** The built-in row, for a built-in name or alias or the Kaggle handle of one. */
   readonly builtin: PresetInfo | undefined;
-  /** The directory holding the files, or null when they are not on this machine. */
+  /** The directory holding the files (for a big_vision `.npz` given as a file: that file), or null when they are not on this machine. */
   readonly dir: string | null;
   readonly format: PresetFormat | null;
   /** Every place looked at, with what was found there. */
@@ -245,7 +260,7 @@ export function resolvePreset(preset: string): ResolvedPreset {
   if (scheme !== undefined) throw new Error(`fromPreset("${preset}"): the ${scheme}:// scheme is not supported here. ${FORMS}`);
 
   const local = expandHome(preset);
-  if (isDir(local)) return found(path.resolve(local), undefined, '');
+  if (isDir(local) || (local.endsWith('.npz') && fs.existsSync(local))) return found(path.resolve(local), undefined, '');
   if (/[/\\]/.test(preset) || preset.startsWith('.') || preset.startsWith('~') || fs.existsSync(local)) {
     throw new Error(`fromPreset("${preset}"): ${path.resolve(local)} is not a directory. ${FORMS}`);
   }
@@ -254,6 +269,8 @@ export function resolvePreset(preset: string): ResolvedPreset {
 
 /** The format of a preset directory, from its config.json (or task.json). */
 export function presetFormat(dir: string): PresetFormat {
+  if (dir.endsWith('.npz') && fs.existsSync(dir) && !isDir(dir)) return 'bigvision';
+  if (isDir(dir) && npzFiles(dir).length > 0 && !fs.existsSync(path.join(dir, 'model.weights.h5')) && !hasSafetensors(dir)) return 'bigvision';
   const configFile = path.join(dir, 'config.json');
   const taskFile = path.join(dir, 'task.json');
   if (fs.existsSync(configFile)) {
@@ -296,8 +313,42 @@ function notOnDiskError(r: ResolvedPreset, extra = ''): Error {
 // Config and weights of a directory
 // ---------------------------------------------------------------------------------------------------------------
 
-/** The backbone config of a preset directory (keras_hub or Hugging Face). */
-export function readDirConfig(dir: string, format: PresetFormat = presetFormat(dir)): PaliGemmaConfig {
+/** The `.npz` files of a directory, sorted. */
+const npzFiles = (dir: string): string[] => fs.readdirSync(dir).filter((n) => n.endsWith('.npz')).sort();
+
+/** The big_vision `.npz` of a preset path: the file itself, or the only one in a directory. */
+function npzFile(dir: string): string {
+  if (!isDir(dir)) return dir;
+  const files = npzFiles(dir);
+  if (files.length === 1) return path.join(dir, files[0]);
+  throw new Error(`${dir}: ${files.length} .npz files (${files.join(', ')}); pass one of them: fromPreset("${path.join(dir, files[0])}", ...)`);
+}
+
+/** A config option: a built-in preset name or a config. */
+function configOption(config: string | PaliGemmaConfig): PaliGemmaConfig {
+  if (typeof config !== 'string') return config;
+  const row = findPreset(config);
+  if (row === undefined) throw new Error(`options.config: unknown preset "${config}". Closest built-in presets: ${closestPresetNames(config).join(', ')}`);
+  return row.config;
+}
+
+/** The config of a big_vision checkpoint (see the header): option, config.json beside it, or inferred. */
+function bigVisionConfig(where: string, option: string | PaliGemmaConfig | undefined, arrays?: NpzArrays): PaliGemmaConfig {
+  if (option !== undefined) return configOption(option);
+  const dir = isDir(where) ? where : path.dirname(where);
+  const configFile = path.join(dir, 'config.json');
+  if (fs.existsSync(configFile)) {
+    const json = readJson(configFile);
+    if (isHfPaliGemmaConfig(json)) return decodeHfConfig(json, configFile);
+    return readPresetConfig(dir);
+  }
+  const file = npzFile(where);
+  return inferBigVisionConfig(arrays ?? readNpz(file), PRESETS.map((p) => [p.name, p.config] as const), file);
+}
+
+/** The backbone config of a preset directory (keras_hub, Hugging Face or big_vision). */
+export function readDirConfig(dir: string, format: PresetFormat = presetFormat(dir), config?: string | PaliGemmaConfig): PaliGemmaConfig {
+  if (format === 'bigvision') return bigVisionConfig(dir, config);
   if (format === 'hf') {
     const file = path.join(dir, 'config.json');
     return decodeHfConfig(readJson(file), file);
@@ -307,7 +358,13 @@ export function readDirConfig(dir: string, format: PresetFormat = presetFormat(d
   return decodeConfig(taskBackbone(file), `${file}: config.backbone`);
 }
 
-function readDirWeights(dir: string, format: PresetFormat): { config: PaliGemmaConfig; weights: WeightMap } {
+function readDirWeights(dir: string, format: PresetFormat, configOpt?: string | PaliGemmaConfig): { config: PaliGemmaConfig; weights: WeightMap } {
+  if (format === 'bigvision') {
+    const file = npzFile(dir);
+    const arrays = readNpz(file);
+    const config = bigVisionConfig(dir, configOpt, arrays);
+    return { config, weights: bigVisionWeights(config, arrays, file) };
+  }
   if (format === 'hf') {
     if (!hasSafetensors(dir)) throw new Error(`${dir}: a Hugging Face config.json but no model.safetensors or model.safetensors.index.json`);
     return readHfCheckpoint(dir);
@@ -356,14 +413,17 @@ function withProgress(weights: WeightMap, onProgress: NonNullable<FromPresetOpti
 export function fromPreset(preset: string, options: FromPresetOptions = {}): PaliGemmaParams {
   const r = resolvePreset(preset);
   const loadWeights = options.loadWeights ?? true;
+  if (options.config !== undefined && r.format !== 'bigvision') {
+    throw new Error(`fromPreset("${preset}"): options.config is for big_vision .npz checkpoints, which carry no config; this preset's files have their own`);
+  }
   if (!loadWeights) {
-    const config = r.dir !== null ? readDirConfig(r.dir, r.format!) : r.builtin?.config;
+    const config = r.dir !== null ? readDirConfig(r.dir, r.format!, options.config) : r.builtin?.config;
     if (config === undefined) throw notOnDiskError(r, '\nWithout its files its config is unknown too (loadWeights: false needs a built-in name or the files).');
     guard(preset, config);
     return initParams(config, options.key ?? d.key(options.seed ?? 0));
   }
   if (r.dir === null) throw notOnDiskError(r);
-  const { config, weights } = readDirWeights(r.dir, r.format!);
+  const { config, weights } = readDirWeights(r.dir, r.format!, options.config);
   guard(preset, config);
   const source = options.onProgress ? withProgress(weights, options.onProgress) : weights;
   // In a tidy scope, so a read that fails halfway (a file cut meanwhile) leaves no tensor behind.
