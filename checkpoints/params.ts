@@ -14,6 +14,7 @@ import { isLeft } from 'fp-ts/Either';
 import { tf } from '../src/tf';
 import * as d from '../dsl';
 import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
+import { maxTensorBytes } from '../src/runtime';
 import type { PaliGemmaParams } from '../models/paligemma';
 
 // -------------------------------------------------------------------------------------------------
@@ -34,6 +35,8 @@ export interface WeightSpec {
   readonly axes: readonly string[];
   /** Drop leading size-1 axes (the MAP probe is stored [1, 1, D]). */
   readonly squeeze?: boolean;
+  /** Stored as an array of row shards (the token embedding: see `shardRows`). */
+  readonly sharded?: boolean;
 }
 
 const suffix = (i: number) => (i === 0 ? '' : `_${i}`);
@@ -50,7 +53,7 @@ export function kerasLayout(c: PaliGemmaConfig, vitRoot = 'layers/pali_gemma_vit
   const p = c.vit_patch_size;
   const patches = (c.image_size / p) ** 2;
 
-  w('layers/reversible_embedding/vars/0', 'token_embedding/embeddings', 'token_embedding', [c.vocabulary_size, D], ['vocab', 'embed']);
+  specs.push({ h5: 'layers/reversible_embedding/vars/0', keras: 'token_embedding/embeddings', param: 'token_embedding', kerasShape: [c.vocabulary_size, D], kerasAxes: ['vocab', 'embed'], axes: ['vocab', 'embed'], sharded: true });
   specs.push(...vitLayout(c, vitRoot, 'vit/', 'image_encoder/'));
   w(`${vitRoot}dense/vars/0`, 'image_classifier/kernel', 'vit/image_classifier/kernel', [Dv, D], ['vit_embed', 'embed']);
   w(`${vitRoot}dense/vars/1`, 'image_classifier/bias', 'vit/image_classifier/bias', [D], ['embed']);
@@ -190,14 +193,45 @@ function toNamed(s: WeightSpec, values: Float32Array): d.Named {
   });
 }
 
+/**
+ * A table as row shards of at most `maxBytes` each (one shard when it fits): one WebGPU buffer binding holds
+ * at most 2 GiB on most GPUs, and PaliGemma 2's embedding (257152 x 2304 float32) is 2.4 GB.
+ */
+export function shardRows(s: WeightSpec, values: Float32Array, maxBytes = maxTensorBytes()): d.Named[] {
+  const [rows, width] = s.kerasShape;
+  const per = Math.max(1, Math.min(rows, Math.floor(maxBytes / (4 * width))));
+  const shards: d.Named[] = [];
+  for (let r = 0; r < rows; r += per) {
+    const n = Math.min(per, rows - r);
+    shards.push(toNamed({ ...s, kerasShape: [n, width] }, values.subarray(r * width, (r + n) * width)));
+  }
+  return shards;
+}
+
 /** The non-tensor part of params: the config, and the layer lists (empty when a config has 0 layers). */
 export const skeleton = (config: PaliGemmaConfig): Record<string, unknown> => ({ config, layers: [], vit: { blocks: [] } });
 
 /** Build a pytree from specs and a value source (after checks). */
 export function buildTree<T>(specs: readonly WeightSpec[], values: (s: WeightSpec) => Float32Array, extra: Record<string, unknown> = {}): T {
   const root: Record<string, unknown> = { ...extra };
-  for (const s of specs) setPath(root, s.param, toNamed(s, values(s)));
+  for (const s of specs) setPath(root, s.param, s.sharded ? shardRows(s, values(s)) : toNamed(s, values(s)));
   return root as T;
+}
+
+/** The leaf (or the row shards) at a params path. */
+function valueAt(params: unknown, s: WeightSpec): d.Named | readonly d.Named[] {
+  const v = s.param.split('/').reduce<unknown>((node, k) => (node as Record<string, unknown> | undefined)?.[k], params);
+  if (v instanceof d.Named || (Array.isArray(v) && v.length > 0 && v.every((x) => x instanceof d.Named))) return v as d.Named | d.Named[];
+  throw new Error(`params have no ${s.param} (${s.keras})`);
+}
+
+/** A param in keras' layout (shards concatenated), as a new tensor. */
+export function inKerasLayout(params: unknown, s: WeightSpec): tf.Tensor {
+  const v = valueAt(params, s);
+  return tf.tidy(() => {
+    const t = Array.isArray(v) ? tf.concat(v.map((x) => d.align(x, s.kerasAxes as never).tensor), 0) : s.squeeze ? (v as d.Named).tensor : d.align(v as d.Named, s.kerasAxes as never).tensor;
+    return tf.reshape(t, s.kerasShape as number[]);
+  });
 }
 
 /** io-ts codec: weights by h5 path -> PaliGemma params (and back, as keras-layout Float32Arrays). */
@@ -225,27 +259,20 @@ export function decodeParams(config: PaliGemmaConfig, weights: WeightMap, source
   return result.right;
 }
 
-/** Params -> keras-layout values by h5 path (for saving). Reads tensors synchronously (cpu/wasm). */
+/** Params -> keras-layout values by h5 path. Reads tensors synchronously (cpu, wasm; see saveKerasPreset). */
 export function encodeParams(params: PaliGemmaParams, specs = kerasLayout(params.config)): Map<string, { shape: number[]; values: Float32Array }> {
-  const leaves = new Map(d.leaves(params));
   const out = new Map<string, { shape: number[]; values: Float32Array }>();
   for (const s of specs) {
-    const x = leaves.get(s.param);
-    if (!x) throw new Error(`encodeParams: params have no ${s.param} (${s.keras})`);
-    const values = tf.tidy(() => (s.squeeze ? x.tensor : d.align(x, s.kerasAxes as never).tensor).dataSync() as Float32Array);
-    out.set(s.h5, { shape: [...s.kerasShape], values: Float32Array.from(values) });
+    const t = inKerasLayout(params, s);
+    out.set(s.h5, { shape: [...s.kerasShape], values: Float32Array.from(t.dataSync() as Float32Array) });
+    t.dispose();
   }
   return out;
 }
 
 /** Gradients (a params-shaped pytree) keyed by keras variable path, in keras' layout (new tensors). */
 export function byKerasPath(grads: PaliGemmaParams, specs = kerasLayout(grads.config)): Map<string, d.Named> {
-  const leaves = new Map(d.leaves(grads));
-  return new Map(specs.map((s) => {
-    const g = leaves.get(s.param)!;
-    const t = tf.tidy(() => tf.reshape(s.squeeze ? g.tensor : d.align(g, s.kerasAxes as never).tensor, s.kerasShape as number[]));
-    return [s.keras, d.named(t, s.kerasAxes)] as const;
-  }));
+  return new Map(specs.map((s) => [s.keras, d.named(inKerasLayout(grads, s), s.kerasAxes)] as const));
 }
 
 export { imageSequenceLength };

@@ -6,24 +6,20 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../src/tf';
 import * as d from '../dsl';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeConfig } from './config';
 import { writeH5, type H5WriteDataset } from './h5write';
-import { kerasLayout, parameterCount } from './params';
+import { inKerasLayout, kerasLayout, parameterCount } from './params';
 import { writeFileAtomic } from './atomic';
 
 export async function saveKerasPreset(params: PaliGemmaParams, dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const specs = kerasLayout(params.config);
-  const leaves = new Map(d.leaves(params));
   const datasets = new Map<string, H5WriteDataset>();
   const groups = new Map<string, Record<string, string>>();
   for (const s of specs) {
-    const x = leaves.get(s.param);
-    if (!x) throw new Error(`saveKerasPreset: params have no ${s.param} (${s.keras})`);
-    const t = tf.tidy(() => tf.reshape(s.squeeze ? x.tensor : d.align(x, s.kerasAxes as never).tensor, s.kerasShape as number[]));
+    const t = inKerasLayout(params, s);
     const values = Float32Array.from((await t.data()) as Float32Array);
     t.dispose();
     datasets.set(s.h5, { shape: s.kerasShape, values });

@@ -17,9 +17,15 @@ import { imageSequenceLength, type PaliGemmaConfig } from './config';
 import { decoderBlock, isSlidingLayer, type DecoderBlockParams, type Hidden, type KV, type RmsNormParams } from './gemma';
 import { vit, type Images, type VitParams } from './siglip';
 
+/**
+ * The tied input/output embedding as row shards (vocabulary rows 0..n0-1, n0..., in order): one shard unless
+ * a single buffer cannot hold it (WebGPU binds at most 2 GiB; PaliGemma 2's table is 2.4 GB).
+ */
+export type Embedding = readonly Named<readonly ['vocab', 'embed']>[];
+
 export interface PaliGemmaParams {
   readonly config: PaliGemmaConfig;
-  readonly token_embedding: Named<readonly ['vocab', 'embed']>;
+  readonly token_embedding: Embedding;
   readonly vit: VitParams;
   readonly layers: readonly DecoderBlockParams[];
   readonly final_norm: RmsNormParams;
@@ -44,8 +50,36 @@ export interface BackboneOptions {
 
 export { imageSequenceLength };
 
-/** The tied input/output embedding (keras_hub's `backbone.token_embedding`). */
-export const tokenEmbedding = (p: PaliGemmaParams): Named<readonly ['vocab', 'embed']> => p.token_embedding;
+/** The tied input/output embedding (keras_hub's `backbone.token_embedding`), as row shards. */
+export const tokenEmbedding = (p: PaliGemmaParams): Embedding => p.token_embedding;
+
+/** Embedding lookup over row shards: each shard serves the ids in its row range. */
+export function lookup<I extends readonly string[]>(table: Embedding, ids: Named<I>): Named<[...I, 'embed']> {
+  if (table.length === 1) return d.embed(table[0], ids);
+  return d.scoped(() => {
+    let offset = 0;
+    let sum: Named | undefined;
+    for (const shard of table) {
+      const rows = shard.size('vocab');
+      const local = d.sub(d.cast(ids, 'int32'), offset);
+      const inside = d.cast(d.named(tf.logicalAnd(tf.greaterEqual(local.tensor, 0), tf.less(local.tensor, rows)), ids.axes), 'float32');
+      const safe = d.named(tf.where(tf.cast(inside.tensor, 'bool'), local.tensor, tf.zerosLike(local.tensor)), ids.axes);
+      const part = d.mul(d.embed(shard, safe), inside); // zero where the id is another shard's
+      sum = sum ? d.add(sum, part) : part;
+      offset += rows;
+    }
+    return sum as Named<[...I, 'embed']>;
+  });
+}
+
+/** x . E^T over row shards, concatenated along the vocabulary: [..., vocab]. */
+export function unembed<A extends readonly string[]>(x: Named<A>, table: Embedding): Named<[...d.Without<A, 'embed'>, 'vocab']> {
+  const parts = table.map((shard) => d.dot(x as Named, shard as Named, 'embed' as never));
+  if (parts.length === 1) return parts[0] as Named<[...d.Without<A, 'embed'>, 'vocab']>;
+  const out = d.concat(parts, 'vocab' as never);
+  for (const p of parts) p.dispose();
+  return out as Named<[...d.Without<A, 'embed'>, 'vocab']>;
+}
 
 // -------------------------------------------------------------------------------------------------
 // masks
@@ -107,7 +141,7 @@ export function embedInputs(p: PaliGemmaParams, x: BackboneInputs, debug?: Backb
     const image = d.rename(vit(p.vit, c, x.images, debug), 'patches', 'seq');
     debug?.('image_embeddings', image);
     // sqrt(D) rounded to float32 first, as keras_hub does (ops.cast(ops.sqrt(hidden_dim), dtype))
-    const text = d.scale(d.embed(p.token_embedding, x.token_ids), Math.fround(Math.sqrt(c.hidden_dim))); // not applied to images
+    const text = d.scale(lookup(p.token_embedding, x.token_ids), Math.fround(Math.sqrt(c.hidden_dim))); // not applied to images
     debug?.('text_embeddings_scaled', text);
     return d.concat<readonly ['batch', 'seq', 'embed'], 'seq'>([image, text], 'seq');
   });
@@ -167,7 +201,7 @@ export function logits(p: PaliGemmaParams, sequenceOutput: Hidden, options: Pick
   return d.scoped(() => {
     const n = imageSequenceLength(p.config);
     const text = d.slice(sequenceOutput, 'seq', n, sequenceOutput.size('seq') - n);
-    let out: Named = d.dot(text, p.token_embedding, 'embed');
+    let out: Named = unembed(text, p.token_embedding);
     options.debug?.('logits_before_soft_cap', out);
     if (p.config.final_logit_soft_cap !== null) out = d.softCap(out, p.config.final_logit_soft_cap);
     return out as Named<readonly ['batch', 'seq', 'vocab']>;

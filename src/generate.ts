@@ -46,7 +46,7 @@ import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import { imageSequenceLength } from '../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../models/gemma';
-import { decode, embedInputs, type PaliGemmaParams } from '../models/paligemma';
+import { decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../models/paligemma';
 import type { Images } from '../models/siglip';
 
 // -------------------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ export interface StepOutput {
 function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>): Named<readonly ['batch', 'vocab']> {
   return d.scoped(() => {
     const normed = d.rmsNorm(h, p.final_norm.scale, 'embed', p.config.layer_norm_epsilon);
-    let out: Named = d.dot(normed, p.token_embedding, 'embed');
+    let out: Named = unembed(normed, p.token_embedding);
     if (p.config.final_logit_soft_cap !== null) out = d.softCap(out, p.config.final_logit_soft_cap);
     return out as Named<readonly ['batch', 'vocab']>;
   });
@@ -282,7 +282,7 @@ export function decodeStep(
     const positions: d.HostPositions = { axes: ['batch', 'seq'], shape: [batch, 1], values: cachePositions };
     const ids = d.named(tf.tensor2d(Int32Array.from(tokenIds), [batch, 1], 'int32'), ['batch', 'seq'] as const);
     // sqrt(D) rounded to float32 first, as embedInputs (keras_hub) does
-    let h = d.scale(d.embed(p.token_embedding, ids), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
+    let h = d.scale(lookup(p.token_embedding, ids), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
     const next: LayerCache[] = [];
     p.layers.forEach((layer, i) => {
       const mask = isSlidingLayer(c, i) ? sliding : full;

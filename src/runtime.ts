@@ -498,6 +498,23 @@ export function assertFitsBackend(bytesNeeded: number, what: string): void {
   );
 }
 
+let bindingBytesOverride: number | undefined;
+
+/**
+ * The most bytes one tensor may take on the current backend: WebGPU binds one buffer of at most
+ * maxStorageBufferBindingSize per tensor (2 GiB on most GPUs; PaliGemma 2's embedding is 2.4 GB), others
+ * have no such line. Params too big are stored in row shards (checkpoints/params.ts).
+ * `setMaxTensorBytes(n)` overrides it (tests shard small tables with it); `setMaxTensorBytes()` resets.
+ */
+export function maxTensorBytes(): number {
+  if (bindingBytesOverride !== undefined) return bindingBytesOverride;
+  return tf.getBackend() === 'webgpu' ? webgpuAdapter?.limits.maxStorageBufferBindingSize ?? Infinity : Infinity;
+}
+
+export function setMaxTensorBytes(bytes?: number): void {
+  bindingBytesOverride = bytes;
+}
+
 /**
  * A tensor from a large buffer, guarded: the wasm heap line above, and on webgpu the adapter's largest
  * buffer (one binding holds at most maxStorageBufferBindingSize; split big tables by rows).
