@@ -13,7 +13,7 @@ export type { Named, Key } from '../dsl';
 
 // models
 export * from '../models/config';
-export { backbone, logits, tokenEmbedding, prefixLmMask, embedInputs, type PaliGemmaParams, type BackboneInputs, type BackboneOptions } from '../models/paligemma';
+export { backbone, logits, tokenEmbedding, lookup, unembed, prefixLmMask, embedInputs, type Embedding, type PaliGemmaParams, type BackboneInputs, type BackboneOptions } from '../models/paligemma';
 export { vit, encode as vitEncode } from '../models/siglip';
 
 // checkpoints
