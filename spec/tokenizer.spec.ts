@@ -264,8 +264,9 @@ test('loadTokenizer: a missing file names the path tried', (t) => {
 test('loadTokenizer: a directory without a model names every path tried', (t) => {
   t.throws(() => loadTokenizer('spec/fixtures/text'), {
     message:
-      'tokenizer: no SentencePiece model found; tried spec/fixtures/text/assets/tokenizer/vocabulary.spm, ' +
-      'spec/fixtures/text/vocabulary.spm, spec/fixtures/text/tokenizer.model',
+      'tokenizer: no SentencePiece model or Hugging Face tokenizer.json found; tried ' +
+      'spec/fixtures/text/assets/tokenizer/vocabulary.spm, spec/fixtures/text/vocabulary.spm, ' +
+      'spec/fixtures/text/tokenizer.model, spec/fixtures/text/tokenizer.json',
   });
 });
 
@@ -274,9 +275,9 @@ test('loadTokenizer: a file, or a directory holding vocabulary.spm', (t) => {
   t.deepEqual(loadTokenizer(DIR).encode('detect cat ; dog\n'), tok.encode('detect cat ; dog\n'));
 });
 
-test('loadTokenizer: tokenizer.json is refused, asking for tokenizer.model', (t) => {
+test('loadTokenizer: a .json file that is not a Hugging Face tokenizer.json is refused (see tokenizer_json.spec)', (t) => {
   t.throws(() => loadTokenizer(`${DIR}/vocab.json`), {
-    message: `tokenizer: ${DIR}/vocab.json is a Hugging Face tokenizer.json, which is not supported; the SentencePiece model (tokenizer.model) is needed`,
+    message: `tokenizer: ${DIR}/vocab.json is not a Hugging Face tokenizer.json (no model.type)`,
   });
 });
 

@@ -31,10 +31,15 @@
  *   U+FFFD per maximal invalid subpart instead, e.g. 1 for a truncated 3-byte sequence, so it is not used).
  *
  * Not implemented, refused with an error naming the file: UNIGRAM / WORD / CHAR models, precompiled
- * normalizers (nmt_nfkc...), Hugging Face `tokenizer.json` on its own.
+ * normalizers (nmt_nfkc...).
+ *
+ * A Hugging Face `tokenizer.json` of Gemma's BPE form (as transformers converts a SentencePiece model) is read
+ * into the same ModelProto by `src/tokenizer_json.ts` and runs through the same encoder (`loadTokenizerJson`);
+ * that file says how merge ranks become scores and where HF's own order could differ.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { tokenizerJsonKind, tokenizerJsonToModelProto } from './tokenizer_json';
 
 // ---------------------------------------------------------------------------------------------------------
 // ModelProto (sentencepiece_model.proto), the fields this tokenizer uses
@@ -724,7 +729,33 @@ export interface Tokenizer {
 
 /** Reads a SentencePiece model and refuses, naming `source`, what this tokenizer does not reproduce. */
 export function loadSentencePiece(bytes: Uint8Array, source = 'SentencePiece model'): Tokenizer {
-  const model = readModelProto(bytes, source);
+  return fromModelProto(readModelProto(bytes, source), source);
+}
+
+/**
+ * Reads a Hugging Face `tokenizer.json` (its text, or the parsed object) of Gemma's BPE form into the same
+ * tokenizer; refuses, naming `source` and the field, any other form (see src/tokenizer_json.ts).
+ */
+export function loadTokenizerJson(json: string | unknown, source = 'tokenizer.json'): Tokenizer {
+  let parsed = json;
+  if (typeof json === 'string') {
+    try {
+      parsed = JSON.parse(json);
+    } catch (e) {
+      throw new Error(`tokenizer: ${source} is not JSON (${(e as Error).message})`);
+    }
+  }
+  const model = tokenizerJsonToModelProto(parsed, source);
+  try {
+    checkPieces(model);
+  } catch (e) {
+    if (e instanceof WireError) throw new Error(`tokenizer: ${source}: ${e.message}`);
+    throw e;
+  }
+  return fromModelProto(model, source);
+}
+
+function fromModelProto(model: ModelProto, source: string): Tokenizer {
   const { trainerSpec, normalizerSpec, denormalizerSpec } = model;
   if (trainerSpec.modelType !== 'BPE') {
     throw new Error(
@@ -779,27 +810,42 @@ export function loadSentencePiece(bytes: Uint8Array, source = 'SentencePiece mod
 const MODEL_FILES = ['assets/tokenizer/vocabulary.spm', 'vocabulary.spm', 'tokenizer.model'];
 
 /**
- * Loads a tokenizer from a `.spm` / `.model` file, a Keras preset directory (`assets/tokenizer/
- * vocabulary.spm`) or a Hugging Face folder (`tokenizer.model`). A Hugging Face `tokenizer.json` alone is
- * refused: its BPE form (merge ranks, added tokens matched differently) is not reproduced here.
+ * Loads a tokenizer from a `.spm` / `.model` file, a Hugging Face `tokenizer.json` file, a Keras preset
+ * directory (`assets/tokenizer/vocabulary.spm`) or a Hugging Face folder. In a directory the SentencePiece
+ * model is preferred (it is the exact source); `tokenizer.json` is used only without one. A Keras preset's
+ * own `tokenizer.json` (`class_name: PaliGemmaTokenizer`, no `model.type`) is its config, never a vocabulary.
  */
 export function loadTokenizer(pathOrDir: string): Tokenizer {
   const isFile = (p: string): boolean => existsSync(p) && statSync(p).isFile();
-  const refuseJson = (p: string): Error =>
-    new Error(
-      `tokenizer: ${p} is a Hugging Face tokenizer.json, which is not supported; the SentencePiece model (tokenizer.model) is needed`,
-    );
   const load = (p: string): Tokenizer => loadSentencePiece(new Uint8Array(readFileSync(p)), p);
+  /** `presetVocabulary`: the error's hint on a Keras config, where the preset keeps its vocabulary. */
+  const loadJson = (p: string, presetVocabulary = 'its assets/tokenizer/vocabulary.spm'): Tokenizer => {
+    let json: unknown;
+    try {
+      json = JSON.parse(readFileSync(p, 'utf8'));
+    } catch (e) {
+      throw new Error(`tokenizer: ${p} is not JSON (${(e as Error).message})`);
+    }
+    const kind = tokenizerJsonKind(json);
+    if (kind.kind === 'keras') {
+      throw new Error(
+        `tokenizer: ${p} is a Keras tokenizer config (class_name ${kind.className}), not a Hugging Face ` +
+          `tokenizer.json; the preset's vocabulary is ${presetVocabulary}`,
+      );
+    }
+    return loadTokenizerJson(json, p);
+  };
   const isDir = existsSync(pathOrDir) && statSync(pathOrDir).isDirectory();
   if (!isDir) {
-    if (pathOrDir.endsWith('.json')) throw refuseJson(pathOrDir);
     if (!isFile(pathOrDir)) throw new Error(`tokenizer: no SentencePiece model found; tried ${pathOrDir}`);
-    return load(pathOrDir);
+    return pathOrDir.endsWith('.json') ? loadJson(pathOrDir) : load(pathOrDir);
   }
   const tried = MODEL_FILES.map((f) => join(pathOrDir, f));
   const found = tried.find(isFile);
   if (found !== undefined) return load(found);
   const json = join(pathOrDir, 'tokenizer.json');
-  if (isFile(json)) throw refuseJson(json);
-  throw new Error(`tokenizer: no SentencePiece model found; tried ${tried.join(', ')}`);
+  if (isFile(json)) return loadJson(json, `${tried[0]}, which is missing`);
+  throw new Error(
+    `tokenizer: no SentencePiece model or Hugging Face tokenizer.json found; tried ${[...tried, json].join(', ')}`,
+  );
 }
