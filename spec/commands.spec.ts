@@ -4,7 +4,6 @@
  * preset; literal errors. Plus PaliGemmaCausalLM end to end (strings in, strings out) on the generate fixture.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { main, type Io } from '../src/cli';
@@ -14,6 +13,7 @@ import { readImage, type RawImage } from '../src/preprocess/image';
 import * as d from '../dsl';
 import { tf } from '../src/tf';
 import { test } from './helpers/backends';
+import { tempDir } from './helpers/files';
 
 function capture(): Io & { lines: string[]; errors: string[] } {
   const lines: string[] = [];
@@ -21,10 +21,8 @@ function capture(): Io & { lines: string[]; errors: string[] } {
   return { lines, errors, out: (l) => lines.push(l), err: (l) => errors.push(l) };
 }
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'pg-cli-'));
-
 test.serial('run-fixture writes every output and gradient of the grad fixture, within tolerance', async (t) => {
-  const out = tmp();
+  const out = tempDir(t, 'pg-cli-');
   const io = capture();
   t.is(await main(['run-fixture', 'spec/fixtures/keras_hub/grad', '--out', out, '--backend', 'cpu'], io), 0);
   t.regex(io.lines[0], /^grad: wrote 2 outputs and 64 gradients to /);
@@ -40,7 +38,7 @@ test.serial('run-fixture writes every output and gradient of the grad fixture, w
 test.serial('run-fixture fails loudly on a corrupted preset (truncated h5, wrong shape, missing weight)', async (t) => {
   const src = 'spec/fixtures/keras_hub/pg1_basic';
   const copy = () => {
-    const dir = tmp();
+    const dir = tempDir(t, 'pg-cli-');
     fs.cpSync(src, dir, { recursive: true });
     fs.chmodSync(path.join(dir, 'preset'), 0o755);
     for (const f of fs.readdirSync(path.join(dir, 'preset'))) fs.chmodSync(path.join(dir, 'preset', f), 0o644);
@@ -50,7 +48,7 @@ test.serial('run-fixture fails loudly on a corrupted preset (truncated h5, wrong
   const h5 = path.join(truncated, 'preset', 'model.weights.h5');
   fs.truncateSync(h5, fs.statSync(h5).size - 5000);
   const io = capture();
-  t.is(await main(['run-fixture', truncated, '--out', tmp(), '--backend', 'cpu'], io), 1);
+  t.is(await main(['run-fixture', truncated, '--out', tempDir(t, 'pg-cli-'), '--backend', 'cpu'], io), 1);
   t.regex(io.errors.join('\n'), /model\.weights\.h5: truncated HDF5 file/);
 
   const shaped = copy();
@@ -58,7 +56,7 @@ test.serial('run-fixture fails loudly on a corrupted preset (truncated h5, wrong
   config.config.hidden_dim = 48;
   fs.writeFileSync(path.join(shaped, 'preset', 'config.json'), JSON.stringify(config));
   const io2 = capture();
-  t.is(await main(['run-fixture', shaped, '--out', tmp(), '--backend', 'cpu'], io2), 1);
+  t.is(await main(['run-fixture', shaped, '--out', tempDir(t, 'pg-cli-'), '--backend', 'cpu'], io2), 1);
   t.regex(io2.errors.join('\n'), /wrong shape layers\/reversible_embedding\/vars\/0 in .*model\.weights\.h5 \(token_embedding\/embeddings\): expected \[128, 48\], got \[128, 32\]/);
 
   const missing = copy();
@@ -66,7 +64,7 @@ test.serial('run-fixture fails loudly on a corrupted preset (truncated h5, wrong
   config.config.num_layers = 3;
   fs.writeFileSync(path.join(missing, 'preset', 'config.json'), JSON.stringify(config));
   const io3 = capture();
-  t.is(await main(['run-fixture', missing, '--out', tmp(), '--backend', 'cpu'], io3), 1);
+  t.is(await main(['run-fixture', missing, '--out', tempDir(t, 'pg-cli-'), '--backend', 'cpu'], io3), 1);
   t.regex(io3.errors.join('\n'), /missing layers\/pali_gemma_decoder_block_2\/attention\/query_dense\/vars\/0 \(decoder_block_2\/attention\/query\/kernel, expected shape \[4, 32, 8\]\)/);
 });
 
@@ -101,7 +99,7 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
 
 test.serial('PaliGemmaCausalLM end to end: strings in, strings out, as keras_hub generates row 0', async (t) => {
   // the generate fixture's preset with its tokenizer where a keras preset keeps it
-  const dir = tmp();
+  const dir = tempDir(t, 'pg-cli-');
   fs.cpSync('spec/fixtures/text/generate/preset', dir, { recursive: true });
   fs.mkdirSync(path.join(dir, 'assets', 'tokenizer'), { recursive: true });
   fs.copyFileSync('spec/fixtures/text/tokenizer/vocabulary.spm', path.join(dir, 'assets', 'tokenizer', 'vocabulary.spm'));

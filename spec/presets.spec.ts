@@ -8,7 +8,6 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { tf } from '../src/tf';
 import * as d from '../dsl';
@@ -23,6 +22,7 @@ import { readSafetensors, readSafetensorsFile, toBfloat16Bits, toHalfBits, write
 import { computeFixture, readBin, readManifest } from '../src/fixture';
 import type { PaliGemmaParams } from '../models/paligemma';
 import type { PaliGemmaConfig } from '../models/config';
+import { tempDir } from './helpers/files';
 
 const KH = 'spec/fixtures/keras_hub';
 const PG1 = path.join(KH, 'pg1_basic');
@@ -37,12 +37,6 @@ test.before(async () => {
 // ---------------------------------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'paligemma-presets-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Run `f` with these environment variables (undefined = unset), then put them back. */
 async function withEnv<T>(vars: Record<string, string | undefined>, f: () => T | Promise<T>): Promise<T> {
@@ -205,7 +199,7 @@ const FORMS =
   'kaggle://<owner>/<model>/<framework>/<variation>[/<version>] or hf://<org>/<repo>[@<revision>].';
 
 test.serial('an unknown preset: the closest names, literally', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   await withEnv(isolated(root), () => {
     t.is(
       thrown(() => fromPreset('pali_gemma_3b_22')),
@@ -222,7 +216,7 @@ test.serial('an unknown preset: the closest names, literally', async (t) => {
 });
 
 test.serial('a known preset that is not downloaded: every path tried and how to get it, literally', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const presets = path.join(root, 'presets');
   const kaggle = path.join(root, 'kagglehub');
   await withEnv(isolated(root, { PALIGEMMA_PRESETS: presets }), () => {
@@ -261,7 +255,7 @@ test.serial('a known preset that is not downloaded: every path tried and how to 
 });
 
 test.serial('kagglehub cache: built-in names, kaggle:// handles with and without a version; $PALIGEMMA_PRESETS first', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const variation = path.join(root, 'kagglehub/models/keras/paligemma/keras/pali_gemma_3b_224');
   copyDir(preset(PG1), path.join(variation, '4'));
   copyDir(preset(PG2), path.join(variation, '3'));
@@ -294,7 +288,7 @@ test.serial('kagglehub cache: built-in names, kaggle:// handles with and without
 });
 
 test.serial('Hugging Face cache: refs/main, @revision, the newest snapshot, $HF_HOME; snapshot files are links to blobs', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const repo = path.join(root, 'home/hub/models--someone--tiny-paligemma');
   const params = loadPreset(preset(PG1));
   const staging = path.join(root, 'staging');
@@ -334,7 +328,7 @@ test.serial('Hugging Face cache: refs/main, @revision, the newest snapshot, $HF_
 // ---------------------------------------------------------------------------------------------------------------
 
 test.serial("HF round trip, pg1_basic: legacy names, a padded embedding never read, the tied head; keras_hub's output", async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const params = loadPreset(preset(PG1));
   const c = params.config;
   const hf = kerasToHf(c, encodeParams(params));
@@ -357,7 +351,7 @@ test.serial("HF round trip, pg1_basic: legacy names, a padded embedding never re
 });
 
 test.serial("HF round trip, pg2_full: sharded, transformers >= 4.52 names, Gemma 2 norms and query scale; keras_hub's output", async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const params = loadPreset(preset(PG2));
   const c = params.config;
   const hfConfig = encodeHfConfig(c);
@@ -378,7 +372,7 @@ test.serial("HF round trip, pg2_full: sharded, transformers >= 4.52 names, Gemma
 });
 
 test.serial('writeHfCheckpoint: bf16 weights come back rounded to nearest even, with dtype bfloat16', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const params = loadPreset(preset(PG1));
   writeHfCheckpoint(dir, params, { dtype: 'BF16' });
   const tensors = readSafetensors(dir);
@@ -487,7 +481,7 @@ test.serial('HF config.json: every problem listed, literally', (t) => {
 });
 
 test.serial('HF weights: missing, mis-shaped and unexpected tensors named in HF terms, literally; an unused SigLIP head is ignored', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const params = loadPreset(preset(PG1));
   const hf = kerasToHf(params.config, encodeParams(params));
   d.disposeTree(params);
@@ -516,7 +510,7 @@ test.serial('HF weights: missing, mis-shaped and unexpected tensors named in HF 
 // ---------------------------------------------------------------------------------------------------------------
 
 test.serial('a truncated model.weights.h5: the file, its sizes and what is lost, literally', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const dir = copyDir(preset(PG1), path.join(root, 'pg1'));
   const file = path.join(dir, 'model.weights.h5');
   // h5py writes the group tree last: a cut near the end loses the final norm's group.
@@ -549,7 +543,7 @@ test.serial('a truncated model.weights.h5: the file, its sizes and what is lost,
 });
 
 test.serial('a weight whose shape does not fit the config, and missing weights: key and shapes, literally', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const dir = copyDir(preset(PG1), path.join(root, 'shape'));
   editConfig(dir, (c) => {
     c['image_size'] = 20; // 25 patches; the file has 16 position embeddings
@@ -575,7 +569,7 @@ test.serial('a weight whose shape does not fit the config, and missing weights: 
 });
 
 test.serial('preset directories: task.json backbones, and folders that are not presets', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const task = copyDir(preset(PG1), path.join(root, 'task'));
   const backbone = JSON.parse(fs.readFileSync(path.join(task, 'config.json'), 'utf8'));
   fs.writeFileSync(
@@ -610,7 +604,7 @@ test.serial('preset directories: task.json backbones, and folders that are not p
 // ---------------------------------------------------------------------------------------------------------------
 
 test.serial('safetensors: F32, BF16 and F16 widened exactly; header padded to 8 bytes; prefix reads', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const file = path.join(dir, 'x.safetensors');
   const u16 = (...bits: number[]) => new Uint8Array(Uint16Array.from(bits).buffer);
   writeSafetensors(file, [
@@ -638,7 +632,7 @@ test.serial('safetensors: F32, BF16 and F16 widened exactly; header padded to 8 
 });
 
 test.serial('safetensors: a truncated file names the file, the tensor, its dtype and shape, literally', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const file = path.join(dir, 'model.safetensors');
   const write = () =>
     writeSafetensors(file, [
@@ -665,7 +659,7 @@ test.serial('safetensors: a truncated file names the file, the tensor, its dtype
 });
 
 test.serial('safetensors: a shard index must agree with its shards', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-presets-');
   const tensors: [string, TensorToWrite][] = ['a', 'b', 'c'].map((k, i) => [k, { shape: [4], values: Float32Array.of(i, i, i, i) }]);
   t.deepEqual(writeShardedSafetensors(dir, tensors, 20), ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors']);
   t.deepEqual([...readSafetensors(dir).get('c')!.read()], [2, 2, 2, 2]);
@@ -693,7 +687,7 @@ test.serial('safetensors: a shard index must agree with its shards', (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 
 test.serial("loadWeights: false: the preset's config (files, else the table) and keras_hub's initializers, seeded", async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   const reference = loadPreset(preset(PG2));
   const a = fromPreset(preset(PG2), { loadWeights: false, seed: 7 });
   const b = fromPreset(preset(PG2), { loadWeights: false, key: d.key(7) });
@@ -725,7 +719,7 @@ test.serial('onProgress: once per weight, in parameters, ending at the total', (
 });
 
 test.serial('wasm: weights over the heap line are refused before anything is allocated', async (t) => {
-  const root = tempDir(t);
+  const root = tempDir(t, 'paligemma-presets-');
   await setBackend('wasm');
   try {
     setWasmSafeBytes(64 * 1024);

@@ -6,7 +6,6 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setBackend } from '../../src/runtime';
 import { fromPreset, loadPreset, presetFormat } from '../../src/preset';
@@ -18,6 +17,7 @@ import { computeFixture, readBin, readManifest } from '../../src/fixture';
 import * as d from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { PaliGemmaConfig } from '../../models/config';
+import { tempDir } from '../helpers/files';
 
 const KH = 'spec/fixtures/keras_hub';
 const PG1 = path.join(KH, 'pg1_basic');
@@ -27,12 +27,6 @@ const PG1_BF16 = path.join(KH, 'pg1_bf16');
 test.before(async () => {
   await setBackend('cpu');
 });
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'paligemma-npz-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 function thrown(f: () => unknown): string {
   try {
@@ -76,7 +70,7 @@ function bigVisionArrays(fixture: string, options: Parameters<typeof kerasToBigV
 // ---------------------------------------------------------------------------------------------------------------
 
 test('npz: stored, deflated and ZIP64 archives read back exactly, bf16 (V2) rounded to nearest even, ranges', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const values = Float32Array.from({ length: 24 }, (_, i) => (i - 7) / 3);
   const bf16 = Float32Array.from([1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, 0, 1e-3]);
   for (const options of [{}, { compress: true }, { zip64: true }, { compress: true, zip64: true }]) {
@@ -100,7 +94,7 @@ test('npz: stored, deflated and ZIP64 archives read back exactly, bf16 (V2) roun
 });
 
 test('npz: a truncated file and a Fortran-order array are refused, naming the file (and key)', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const file = path.join(dir, 'a.npz');
   writeNpz(file, [['w', { shape: [2, 3], values: new Float32Array(6) }]]);
   const bytes = fs.readFileSync(file);
@@ -130,7 +124,7 @@ test('npz: a truncated file and a Fortran-order array are refused, naming the fi
 // ---------------------------------------------------------------------------------------------------------------
 
 test('PG1 from a big_vision .npz (params/ keys, an embedding padded past the vocabulary) gives keras_hub outputs', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const { config, arrays } = bigVisionArrays(PG1, { embeddingRows: 128 + 64 });
   const emb = arrays.get('params/llm/embedder/input_embedding')!;
   t.deepEqual(emb.shape, [192, 32]);
@@ -142,7 +136,7 @@ test('PG1 from a big_vision .npz (params/ keys, an embedding padded past the voc
 });
 
 test('PG1 from a bf16 big_vision .npz (every array stored as V2, like the bf16 Kaggle checkpoints) gives keras_hub outputs', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const { config, arrays } = bigVisionArrays(PG1_BF16, { embeddingRows: 130 });
   // pg1_bf16's weights are bfloat16s, so storing them as bf16 is exact
   t.true([...arrays.values()].every((a) => bf16Exact(a.values)));
@@ -153,7 +147,7 @@ test('PG1 from a bf16 big_vision .npz (every array stored as V2, like the bf16 K
 });
 
 test('PG2 from a directory (one .npz, no params/ prefix, gating_einsum stored transposed, deflated, config.json beside it)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const { arrays } = bigVisionArrays(PG2, { gatingTransposed: true, prefix: '' });
   t.deepEqual(arrays.get('llm/layers/mlp/gating_einsum')!.shape, [3, 2, 24, 32]); // (L, 2, F, D)
   t.true(arrays.has('llm/layers/post_attention_norm/scale') && arrays.has('llm/layers/post_ffw_norm/scale'));
@@ -164,7 +158,7 @@ test('PG2 from a directory (one .npz, no params/ prefix, gating_einsum stored tr
 });
 
 test('round trip: fused qkv_einsum (as many key/value heads as query heads) decodes to the encoded values', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const base = bigVisionArrays(PG1).config;
   const config: PaliGemmaConfig = { ...base, num_key_value_heads: base.num_query_heads };
   const params = initParams(config, d.key(3));
@@ -185,7 +179,7 @@ test('round trip: fused qkv_einsum (as many key/value heads as query heads) deco
 // ---------------------------------------------------------------------------------------------------------------
 
 test('a missing key is an error naming it with its big_vision shape and the keras variable it feeds', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const { config, arrays } = bigVisionArrays(PG1);
   arrays.delete('params/llm/final_norm/scale');
   arrays.set('params/llm/extra', { shape: [2], values: new Float32Array(2) });
@@ -200,7 +194,7 @@ test('a missing key is an error naming it with its big_vision shape and the kera
 });
 
 test('config: inferred when exactly one candidate fits, else an error asking for it; refused for other formats', (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'paligemma-npz-');
   const { config, arrays } = bigVisionArrays(PG1);
   const file = path.join(dir, 'pg1.npz');
   writeNpz(file, arrays);

@@ -1,5 +1,4 @@
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { tf } from '../../src/tf';
 import * as d from '../../dsl';
@@ -8,13 +7,14 @@ import { readKerasWeights } from '../../checkpoints/keras';
 import { computeFixture, readBin, readManifest } from '../../src/fixture';
 import { loadPreset } from '../../src/preset';
 import { backendTest } from '../helpers/backends';
+import { tempDir } from '../helpers/files';
 
 for (const name of ['pg2_full', 'vit_map_pooling']) {
   backendTest(`${name}: save -> load gives the same weights, bit for bit, and the fixture's outputs`, async (t) => {
     const src = path.join('spec/fixtures/keras_hub', name);
     const before = tf.memory().numTensors;
     const params = loadPreset(path.join(src, 'preset'));
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-save-'));
+    const dir = tempDir(t, 'pg-save-');
     await saveKerasPreset(params, path.join(dir, 'preset'));
     const a = readKerasWeights(path.join(src, 'preset'));
     const b = readKerasWeights(path.join(dir, 'preset'));
@@ -30,7 +30,6 @@ for (const name of ['pg2_full', 'vit_map_pooling']) {
     const expected = readBin(src, m.outputs.sequence_output);
     t.true(outputs.get('sequence_output')!.data.every((v, i) => Math.abs(v - expected[i]) <= 1e-4));
     d.disposeTree(params);
-    fs.rmSync(dir, { recursive: true, force: true });
     t.is(tf.memory().numTensors, before);
   });
 }

@@ -4,7 +4,6 @@
  * whole table back.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { tf } from '../../src/tf';
 import * as d from '../../dsl';
@@ -14,6 +13,7 @@ import { setMaxTensorBytes } from '../../src/runtime';
 import { readKerasWeights } from '../../checkpoints/keras';
 import { saveKerasPreset } from '../../checkpoints/save';
 import { backendTest } from '../helpers/backends';
+import { tempDir } from '../helpers/files';
 import { assertClose } from '../helpers/numeric';
 
 for (const name of ['pg1_basic', 'grad']) {
@@ -36,11 +36,10 @@ for (const name of ['pg1_basic', 'grad']) {
     }
     for (const [k, e] of Object.entries(m.gradients ?? {})) assertClose(t, gradients.get(k)!.data, readBin(dir, e), 1e-4, 1e-3, `gradient of ${k}`);
     if (name === 'pg1_basic') {
-      const out = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-shards-'));
+      const out = tempDir(t, 'pg-shards-');
       await saveKerasPreset(params, out);
       const saved = readKerasWeights(out).get('layers/reversible_embedding/vars/0')!.read();
       t.deepEqual(Array.from(saved), Array.from(readKerasWeights(path.join(dir, 'preset')).get('layers/reversible_embedding/vars/0')!.read()));
-      fs.rmSync(out, { recursive: true, force: true });
     }
     d.disposeTree(params);
   }, { webgpu: true });
