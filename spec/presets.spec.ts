@@ -19,10 +19,10 @@ import { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
 import { halfToNumber } from '../checkpoints/h5';
 import { decodeHfConfig, encodeHfConfig, hfLayout, kerasToHf, toKeras, writeHfCheckpoint } from '../checkpoints/hf';
 import { readSafetensors, readSafetensorsFile, toBfloat16Bits, toHalfBits, writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../checkpoints/safetensors';
-import { computeFixture, readBin, readManifest } from '../src/fixture';
 import type { PaliGemmaParams } from '../models/paligemma';
 import type { PaliGemmaConfig } from '../models/config';
 import { tempDir } from './helpers/files';
+import { assertFixtureOutput } from './helpers/fixtures';
 
 const KH = 'spec/fixtures/keras_hub';
 const PG1 = path.join(KH, 'pg1_basic');
@@ -104,17 +104,6 @@ async function assertSameParams(t: ExecutionContext, a: PaliGemmaParams, b: Pali
     t.deepEqual(vb.get(k)!.shape, x.shape, k);
     t.deepEqual(vb.get(k)!.data, x.data, k);
   }
-}
-
-/** The backbone on the fixture's inputs must give keras_hub's sequence_output within 1e-4. */
-async function assertFixtureOutput(t: ExecutionContext, fixture: string, params: PaliGemmaParams): Promise<void> {
-  const m = readManifest(fixture);
-  const got = (await computeFixture(fixture, m, params)).outputs.get('sequence_output')!;
-  const want = readBin(fixture, m.outputs.sequence_output) as Float32Array;
-  t.deepEqual(got.shape, [...m.outputs.sequence_output.shape]);
-  let max = 0;
-  for (let i = 0; i < want.length; i++) max = Math.max(max, Math.abs(got.data[i] - want[i]));
-  t.true(max <= 1e-4, `max |diff| = ${max}`);
 }
 
 /** transformers >= 4.52 names (PaliGemmaModel wraps the towers; the head sits outside). */

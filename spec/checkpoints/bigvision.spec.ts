@@ -4,7 +4,6 @@
  * inference, and literal errors (truncated file, Fortran order, a missing key).
  */
 import test from 'ava';
-import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setBackend } from '../../src/runtime';
@@ -13,11 +12,11 @@ import { encodeParams } from '../../checkpoints/params';
 import { bigVisionWeights, inferBigVisionConfig, kerasToBigVision } from '../../checkpoints/bigvision';
 import { readNpz, writeNpz, type NpyToWrite } from '../../checkpoints/npz';
 import { initParams } from '../../checkpoints/init';
-import { computeFixture, readBin, readManifest } from '../../src/fixture';
 import * as d from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { PaliGemmaConfig } from '../../models/config';
 import { tempDir } from '../helpers/files';
+import { assertFixtureOutput } from '../helpers/fixtures';
 
 const KH = 'spec/fixtures/keras_hub';
 const PG1 = path.join(KH, 'pg1_basic');
@@ -35,21 +34,6 @@ function thrown(f: () => unknown): string {
     return (e as Error).message;
   }
   throw new Error('expected an error');
-}
-
-/** The backbone on the fixture's inputs must give keras_hub's sequence_output within 1e-4. */
-async function assertFixtureOutput(t: ExecutionContext, fixture: string, params: PaliGemmaParams): Promise<void> {
-  const m = readManifest(fixture);
-  try {
-    const got = (await computeFixture(fixture, m, params)).outputs.get('sequence_output')!;
-    const want = readBin(fixture, m.outputs.sequence_output) as Float32Array;
-    t.deepEqual(got.shape, [...m.outputs.sequence_output.shape]);
-    let max = 0;
-    for (let i = 0; i < want.length; i++) max = Math.max(max, Math.abs(got.data[i] - want[i]));
-    t.true(max <= 1e-4, `max |diff| = ${max}`);
-  } finally {
-    d.disposeTree(params);
-  }
 }
 
 /** True when every value is a bfloat16 (the low 16 bits of its float32 are zero): stored as bf16, it is exact. */
@@ -132,7 +116,9 @@ test('PG1 from a big_vision .npz (params/ keys, an embedding padded past the voc
   const file = path.join(dir, 'pg1.npz');
   writeNpz(file, arrays);
   t.is(presetFormat(file), 'bigvision');
-  await assertFixtureOutput(t, PG1, fromPreset(file, { config }));
+  const params = fromPreset(file, { config });
+  await assertFixtureOutput(t, PG1, params);
+  d.disposeTree(params);
 });
 
 test('PG1 from a bf16 big_vision .npz (every array stored as V2, like the bf16 Kaggle checkpoints) gives keras_hub outputs', async (t) => {
@@ -143,7 +129,9 @@ test('PG1 from a bf16 big_vision .npz (every array stored as V2, like the bf16 K
   const file = path.join(dir, 'pg1_bf16.npz');
   writeNpz(file, [...arrays].map(([k, a]) => [k, { ...a, dtype: 'bfloat16' as const }] as const));
   t.true([...readNpz(file).values()].every((a) => a.dtype === 'bfloat16'));
-  await assertFixtureOutput(t, PG1_BF16, fromPreset(file, { config }));
+  const params = fromPreset(file, { config });
+  await assertFixtureOutput(t, PG1_BF16, params);
+  d.disposeTree(params);
 });
 
 test('PG2 from a directory (one .npz, no params/ prefix, gating_einsum stored transposed, deflated, config.json beside it)', async (t) => {
@@ -154,7 +142,9 @@ test('PG2 from a directory (one .npz, no params/ prefix, gating_einsum stored tr
   writeNpz(path.join(dir, 'pg2.npz'), arrays, { compress: true, zip64: true });
   fs.copyFileSync(path.join(PG2, 'preset', 'config.json'), path.join(dir, 'config.json'));
   t.is(presetFormat(dir), 'bigvision');
-  await assertFixtureOutput(t, PG2, fromPreset(dir));
+  const params = fromPreset(dir);
+  await assertFixtureOutput(t, PG2, params);
+  d.disposeTree(params);
 });
 
 test('round trip: fused qkv_einsum (as many key/value heads as query heads) decodes to the encoded values', (t) => {
