@@ -58,20 +58,6 @@ export function named<const A extends Axes>(tensor: tf.Tensor, axes: A): Named<A
   return new Named(tensor, axes);
 }
 
-/** Build a float32 (or int32) named tensor from flat values and a record of axis sizes. */
-export function fromValues<const A extends Axes>(
-  values: ArrayLike<number>,
-  axes: A,
-  shape: readonly number[],
-  dtype: 'float32' | 'int32' = 'float32',
-): Named<A> {
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (values.length !== n) {
-    throw new Error(`fromValues: ${values.length} values for shape [${shape.join(', ')}] (${n}) of axes [${axes.join(', ')}]`);
-  }
-  return named(tf.tensor(values as Float32Array, shape as number[], dtype), axes);
-}
-
 /** Check that `x` has exactly these sizes (by name): the runtime half of a decoder's shape check. */
 export function checkSizes(x: Named, sizes: Readonly<Record<string, number>>, what: string): void {
   for (const [axis, expected] of Object.entries(sizes)) {

@@ -476,13 +476,3 @@ export function rope<A extends Axes>(x: Named<A>, positions: Named | HostPositio
     return joined as unknown as Named<A>;
   });
 }
-
-/** where(cond, a, b) with broadcasting by name; cond is bool (or 0/1). */
-export function where<A extends Axes>(cond: Named, a: Named<A>, b: Named<A> | number): Named<A> {
-  return scoped(() => {
-    const axes = a.axes;
-    const c = tf.broadcastTo(tf.cast(broadcastTo(cond, axes, 'where'), 'bool'), a.shape as number[]);
-    const other = typeof b === 'number' ? tf.fill(a.shape as number[], b, a.dtype) : tf.broadcastTo(broadcastTo(b, axes, 'where'), a.shape as number[]);
-    return named(tf.where(c, a.tensor, other), axes);
-  });
-}

@@ -70,4 +70,3 @@ export function dropout<A extends Axes>(x: Named<A>, rate: number, k: Key | unde
   return scoped(() => named(tf.mul(x.tensor, tf.tensor(keep, x.shape as number[])), x.axes));
 }
 
-export const isNamed = (x: unknown): x is Named => x instanceof Named;
