@@ -18,7 +18,7 @@
  *   - Keys may carry a leading `params/` (big_vision's `save_params`) or not.
  *   Every key, missing or unexpected, and every shape is checked first in big_vision terms (one error naming
  *   each key with its expected shape); then `decodeParams` checks again in keras'.
- * - `inferBigVisionConfig(arrays)`: the built-in preset config (src/presets.ts) whose every shape fits, when
+ * - `inferBigVisionConfig(arrays)`: the built-in preset config (checkpoints/presets.ts) whose every shape fits, when
  *   exactly one does: shapes alone say nothing of soft caps, windows or epsilons, so only known configs are
  *   accepted; anything else needs a config.
  * - `kerasToBigVision(config, values)`: keras-layout values -> big_vision arrays (stacked), for tests and export.

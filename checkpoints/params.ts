@@ -11,10 +11,10 @@
  */
 import * as t from 'io-ts';
 import { isLeft } from 'fp-ts/Either';
-import { tf } from '../src/tf';
+import { tf } from '../dsl/tf';
 import * as d from '../dsl';
 import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
-import { maxTensorBytes } from '../src/runtime';
+import { maxTensorBytes } from '../dsl/limits';
 import type { PaliGemmaParams } from '../models/paligemma';
 
 // -------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
  * axis, both sizes and both operands. Type-level code only compares and removes names: no arithmetic on
  * sizes and no string parsing (both hit TypeScript's recursion limits and give unreadable errors).
  */
-import { tf } from '../src/tf';
+import { tf } from './tf';
 
 export type Axes = readonly string[];
 

@@ -12,7 +12,7 @@
  * - GELU-tanh is written as `x * sigmoid(2z)`: the same function (0.5 (1 + tanh z) = sigmoid(2z)) and
  *   ~9x faster than tanh on wasm.
  */
-import { tf } from '../src/tf';
+import { tf } from './tf';
 import { Named, named, describe, type Axes } from './named';
 import type { AxisOf, Contractible, FreshAxis, MergeInto, Rename, Splice, Union, Without } from './types';
 

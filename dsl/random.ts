@@ -4,7 +4,7 @@
  * Threefry-2x32 (Salmon et al. 2011, 20 rounds), so the same key gives the same dropout mask on every
  * backend.
  */
-import { tf } from '../src/tf';
+import { tf } from './tf';
 import { Named, named, type Axes } from './named';
 import { scoped } from './ops';
 

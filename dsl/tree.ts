@@ -2,7 +2,7 @@
  * Pytrees of named tensors: readonly records and arrays whose leaves are `Named`. Params are pytrees;
  * gradients have the same structure as the params they are taken against.
  */
-import { tf } from '../src/tf';
+import { tf } from './tf';
 import { Named } from './named';
 
 export type Tree = Named | readonly Tree[] | { readonly [k: string]: Tree };

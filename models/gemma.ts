@@ -11,7 +11,7 @@
  * Axes: batch, seq (queries), key_seq (keys), embed (D), heads (Hq), kv_heads (Hkv), groups (Hq / Hkv),
  * head_dim (H), ffw (intermediate_dim / 2).
  */
-import { tf } from '../src/tf';
+import { tf } from '../dsl/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import type { PaliGemmaConfig } from './config';

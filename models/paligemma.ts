@@ -10,7 +10,7 @@
  *
  * Params carry their config, so the model is a pure function `backbone(params, inputs, options)`.
  */
-import { tf } from '../src/tf';
+import { tf } from '../dsl/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import { imageSequenceLength, type PaliGemmaConfig } from './config';

@@ -36,8 +36,8 @@ const common = {
 const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
 await Promise.all([
   esbuild.build({ ...common, entryPoints: { index: join(root, 'src/index.ts') }, outdir: join(root, 'dist') }),
-  existsSync(join(root, 'src/bench.ts')) &&
-    esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/bench.ts') }, outdir: join(root, 'dist') }),
+  existsSync(join(root, 'src/cli/bench.ts')) &&
+    esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/cli/bench.ts') }, outdir: join(root, 'dist') }),
   specs.length &&
     esbuild.build({
       ...common,

@@ -1,6 +1,6 @@
 // Measures a 1024x1024 float32 matMul on the wasm backend with 1 and with 2 XNNPACK threads.
 //
-// Why: tfjs-backend-wasm runs one thread in Node; src/runtime.ts can start its threaded build
+// Why: tfjs-backend-wasm runs one thread in Node; src/runtime/backend.ts can start its threaded build
 // (setBackend('wasm', { threads })). MEASURED.md expects about 2x on 2 cores. Each configuration runs in its
 // own process, alternating, so a busy neighbour hurts both alike. Run after `npm run build`:
 //   node scripts/wasm-threads.mjs [rounds]

@@ -3,9 +3,9 @@
  * re-exported as `tf`: use it, not a separately installed @tensorflow/tfjs-core, so tensors from both sides
  * belong to the same engine.
  */
-export { tf } from './tf';
-export * from './runtime';
-export { main } from './cli';
+export { tf } from '../dsl/tf';
+export * from './runtime/backend';
+export { main } from './cli/cli';
 
 // the named-tensor DSL
 export * as d from '../dsl';
@@ -24,12 +24,12 @@ export { decodeConfig, encodeConfig } from '../checkpoints/config';
 export { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
 
 // presets, text, images, generation, training
-export * from './preset';
-export * from './tokenizer';
+export * from './runtime/preset';
+export * from './text/tokenizer';
 export * from './preprocess/image';
 export * from './preprocess/packing';
 export * from './preprocess/outputs';
-export * from './generate';
-export * from './causal_lm';
-export * from './train';
-export { computeFixture, readManifest, readBin, writeComputed } from './fixture';
+export * from './generate/generate';
+export * from './generate/causal_lm';
+export * from './train/step';
+export { computeFixture, readManifest, readBin, writeComputed } from './cli/fixture';

@@ -6,8 +6,8 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { setBackend } from '../../src/runtime';
-import { fromPreset, loadPreset, presetFormat } from '../../src/preset';
+import { setBackend } from '../../src/runtime/backend';
+import { fromPreset, loadPreset, presetFormat } from '../../src/runtime/preset';
 import { encodeParams } from '../../checkpoints/params';
 import { bigVisionWeights, inferBigVisionConfig, kerasToBigVision } from '../../checkpoints/bigvision';
 import { readNpz, writeNpz, type NpyToWrite } from '../../checkpoints/npz';

@@ -1,11 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { saveKerasPreset } from '../../checkpoints/save';
 import { readKerasWeights } from '../../checkpoints/keras';
-import { computeFixture, readBin, readManifest } from '../../src/fixture';
-import { loadPreset } from '../../src/preset';
+import { computeFixture, readBin, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
 import { backendTest } from '../helpers/backends';
 import { tempDir } from '../helpers/files';
 

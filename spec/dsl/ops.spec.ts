@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { backendTest, test } from '../helpers/backends';
 import { assertClose, assertNeutral, finiteDifference, seeded } from '../helpers/numeric';

@@ -1,4 +1,4 @@
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { backendTest, test } from '../helpers/backends';
 

@@ -3,7 +3,7 @@
  * the build if the line it marks ever compiles, and the accepted lines must keep compiling. At run time
  * the same mistakes are caught with the messages asserted below.
  */
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { test } from '../helpers/backends';
 

@@ -6,7 +6,7 @@
  * webgpu backend in Node has no `dataSync`. `PALIGEMMA_TEST_BACKENDS=cpu,wasm` limits the backends.
  */
 import test, { type ExecutionContext } from 'ava';
-import { setBackend, vulkanIcdPresent, type BackendName, type BackendInfo } from '../../src/runtime';
+import { setBackend, vulkanIcdPresent, type BackendName, type BackendInfo } from '../../src/runtime/backend';
 
 /** ava's `test`, re-exported so a spec needs one import. */
 export { test };

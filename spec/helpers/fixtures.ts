@@ -1,7 +1,7 @@
 /** Parity of params loaded some other way with a golden fixture's keras_hub outputs. */
 import type { ExecutionContext } from 'ava';
 import type { PaliGemmaParams } from '../../models/paligemma';
-import { computeFixture, readBin, readManifest } from '../../src/fixture';
+import { computeFixture, readBin, readManifest } from '../../src/cli/fixture';
 import { assertClose } from './numeric';
 
 /** The backbone on the fixture's inputs must give keras_hub's sequence_output within 1e-4. */

@@ -3,7 +3,7 @@
  * tensor-count neutrality.
  */
 import type { ExecutionContext } from 'ava';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 
 /** Deterministic values in [-1, 1) (a small LCG; tests need reproducibility, not quality). */
 export function seeded(n: number, seed: number, scale = 1): Float32Array {

@@ -3,12 +3,12 @@
  * a pure function of the key (same key, same output, on every backend), and is the identity without a key.
  */
 import * as path from 'node:path';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { backbone } from '../../models/paligemma';
-import { fixtureInputs, readManifest } from '../../src/fixture';
-import { loadPreset } from '../../src/preset';
-import { setBackend } from '../../src/runtime';
+import { fixtureInputs, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
+import { setBackend } from '../../src/runtime/backend';
 import { test } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 

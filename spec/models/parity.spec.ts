@@ -4,11 +4,11 @@
  * the per-layer debug tensors, which localise a mismatch, on cpu, wasm and webgpu.
  */
 import * as path from 'node:path';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { backbone } from '../../models/paligemma';
-import { computeFixture, fixtureInputs, readBin, readManifest } from '../../src/fixture';
-import { loadPreset } from '../../src/preset';
+import { computeFixture, fixtureInputs, readBin, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
 import { backendTest } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 

@@ -3,7 +3,7 @@
  * against its literal formula, memory neutrality, batch independence and padding invariance.
  */
 import fc from 'fast-check';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../../models/config';
 import { backbone, logits, prefixLmMask, type BackboneInputs } from '../../models/paligemma';

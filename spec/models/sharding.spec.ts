@@ -5,11 +5,11 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../../src/tf';
+import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import { computeFixture, readBin, readManifest } from '../../src/fixture';
-import { loadPreset } from '../../src/preset';
-import { setMaxTensorBytes } from '../../src/runtime';
+import { computeFixture, readBin, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
+import { setMaxTensorBytes } from '../../src/runtime/backend';
 import { readKerasWeights } from '../../checkpoints/keras';
 import { saveKerasPreset } from '../../checkpoints/save';
 import { backendTest } from '../helpers/backends';

@@ -51,7 +51,7 @@ export function load(ref: TensorRef): number[] {
 
 /**
  * `decode([id])` of every piece, from the tokenizer fixture's vocab.json: enough to detokenize ids that
- * contain no byte pieces (a test stand-in; the real tokenizer lives in src/tokenizer.ts).
+ * contain no byte pieces (a test stand-in; the real tokenizer lives in src/text/tokenizer.ts).
  */
 export function pieceDecoder(): (ids: number[]) => string {
   const vocab: { pieces: [number, string, number, string, string][] } = JSON.parse(readFileSync(TOKENIZER_ROOT + 'vocab.json', 'utf8'));

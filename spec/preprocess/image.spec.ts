@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import * as jpeg from 'jpeg-js';
-import type { Tensor } from '../../src/tf';
+import type { Tensor } from '../../dsl/tf';
 import {
   IMAGE_SCALE,
   convertImage,

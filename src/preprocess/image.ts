@@ -34,7 +34,7 @@
 import { readFileSync } from 'node:fs';
 import { PNG } from 'pngjs';
 import * as jpeg from 'jpeg-js';
-import type { Tensor } from '../tf';
+import type { Tensor } from '../../dsl/tf';
 
 // ---------------------------------------------------------------------------------------------------------
 // Types

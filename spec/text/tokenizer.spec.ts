@@ -18,7 +18,7 @@ import {
   type PieceType,
   type SentencePiece,
   type TrainerSpec,
-} from '../src/tokenizer';
+} from '../../src/text/tokenizer';
 
 const DIR = 'spec/fixtures/text/tokenizer';
 const SPM = `${DIR}/vocabulary.spm`;

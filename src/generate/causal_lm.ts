@@ -5,15 +5,15 @@
  *   const lm = loadCausalLM('checkpoints/tiny');
  *   const { texts } = await generateText(lm, { images: ['cat.png'], prompts: ['caption en\n'] }, { maxLength: 32 });
  */
-import { tf } from './tf';
-import * as d from '../dsl';
-import { fromPreset, resolvePreset } from './preset';
-import { loadTokenizer, type Tokenizer } from './tokenizer';
-import { convertImages, type ImageSource } from './preprocess/image';
-import { generatePostprocess, packGenerationBatch, specialTokenIds } from './preprocess/packing';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import { fromPreset, resolvePreset } from '../runtime/preset';
+import { loadTokenizer, type Tokenizer } from '../text/tokenizer';
+import { convertImages, type ImageSource } from '../preprocess/image';
+import { generatePostprocess, packGenerationBatch, specialTokenIds } from '../preprocess/packing';
 import { generate, type GenerateOptions, type GenerateOutput } from './generate';
-import type { PaliGemmaParams } from '../models/paligemma';
-import type { Images } from '../models/siglip';
+import type { PaliGemmaParams } from '../../models/paligemma';
+import type { Images } from '../../models/siglip';
 
 export interface CausalLM {
   readonly params: PaliGemmaParams;

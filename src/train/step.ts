@@ -7,10 +7,10 @@
  * "sum_over_batch_size": the weighted sum over every position divided by B * T, not by the number of
  * weighted positions). The same model code as inference, with dropout on when a key is given.
  */
-import { tf } from './tf';
-import * as d from '../dsl';
-import type { Key, Named } from '../dsl';
-import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../models/paligemma';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import type { Key, Named } from '../../dsl';
+import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
 
 export interface TrainBatch extends BackboneInputs {
   /** Next-token targets, int32 [batch, seq]. */

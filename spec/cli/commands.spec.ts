@@ -6,14 +6,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { main, type Io } from '../src/cli';
-import { readBin } from '../src/fixture';
-import { generateText, loadCausalLM } from '../src/causal_lm';
-import { readImage, type RawImage } from '../src/preprocess/image';
-import * as d from '../dsl';
-import { tf } from '../src/tf';
-import { test } from './helpers/backends';
-import { tempDir } from './helpers/files';
+import { main, type Io } from '../../src/cli/cli';
+import { readBin } from '../../src/cli/fixture';
+import { generateText, loadCausalLM } from '../../src/generate/causal_lm';
+import { readImage, type RawImage } from '../../src/preprocess/image';
+import * as d from '../../dsl';
+import { tf } from '../../dsl/tf';
+import { test } from '../helpers/backends';
+import { tempDir } from '../helpers/files';
 
 function capture(): Io & { lines: string[]; errors: string[] } {
   const lines: string[] = [];
@@ -114,7 +114,7 @@ test.serial('PaliGemmaCausalLM end to end: strings in, strings out, as keras_hub
   t.is(out.texts[0], 'caption en\n<loc0865><loc0727><loc0114><seg012>');
   const stripped = await generateText(lm, { images: [rgba], prompts: ['caption en\n'] }, { maxLength: 24, stripPrompt: true });
   t.deepEqual(stripped.texts, ['<loc0865><loc0727><loc0114><seg012>']);
-  // row 1 is generated as it would be alone (keras_hub's batched schedule differs; see src/generate.ts)
+  // row 1 is generated as it would be alone (keras_hub's batched schedule differs; see src/generate/generate.ts)
   const alone = await generateText(lm, { images: [flipped], prompts: ['detect cat ; dog\n'] }, { maxLength: 24 });
   t.is(out.texts[1], alone.texts[0]);
   t.true(out.texts[1].startsWith('detect cat ; dog\n'));

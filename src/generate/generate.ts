@@ -41,13 +41,13 @@
  *
  * Logits are read to the host each step (`await data()`, never dataSync: webgpu in Node has none).
  */
-import { tf } from './tf';
-import * as d from '../dsl';
-import type { Key, Named } from '../dsl';
-import { imageSequenceLength } from '../models/config';
-import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../models/gemma';
-import { decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../models/paligemma';
-import type { Images } from '../models/siglip';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import type { Key, Named } from '../../dsl';
+import { imageSequenceLength } from '../../models/config';
+import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
+import { decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../../models/paligemma';
+import type { Images } from '../../models/siglip';
 
 // -------------------------------------------------------------------------------------------------
 // samplers

@@ -5,13 +5,13 @@
  *
  *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32]      (wasm:2 = wasm with 2 threads)
  */
-import { tf } from './tf';
-import * as d from '../dsl';
-import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../models/config';
-import { backbone, logits, type BackboneInputs } from '../models/paligemma';
-import { initParams } from '../checkpoints/init';
-import { parameterCount } from '../checkpoints/params';
-import { setBackend, type BackendRequest } from './runtime';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../../models/config';
+import { backbone, logits, type BackboneInputs } from '../../models/paligemma';
+import { initParams } from '../../checkpoints/init';
+import { parameterCount } from '../../checkpoints/params';
+import { setBackend, type BackendRequest } from '../runtime/backend';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
   ...CONFIG_DEFAULTS,

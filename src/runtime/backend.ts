@@ -26,7 +26,8 @@ import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { BackendWasm, getThreadsCount, setThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
-import { tf } from './tf';
+import { tf } from '../../dsl/tf';
+import { setWebgpuBindingBytes } from '../../dsl/limits';
 
 // ---------------------------------------------------------------------------------------------------------
 // Types
@@ -327,6 +328,7 @@ async function prepareWebgpu(request?: RequestAdapter): Promise<GpuAdapterReport
   }
   // In a browser tfjs registered webgpu itself, on its own adapter: report ours, which is the same GPU.
   webgpuAdapter ??= report;
+  setWebgpuBindingBytes(webgpuAdapter.limits.maxStorageBufferBindingSize ?? Infinity);
   return webgpuAdapter;
 }
 
@@ -498,22 +500,7 @@ export function assertFitsBackend(bytesNeeded: number, what: string): void {
   );
 }
 
-let bindingBytesOverride: number | undefined;
-
-/**
- * The most bytes one tensor may take on the current backend: WebGPU binds one buffer of at most
- * maxStorageBufferBindingSize per tensor (2 GiB on most GPUs; PaliGemma 2's embedding is 2.4 GB), others
- * have no such line. Params too big are stored in row shards (checkpoints/params.ts).
- * `setMaxTensorBytes(n)` overrides it (tests shard small tables with it); `setMaxTensorBytes()` resets.
- */
-export function maxTensorBytes(): number {
-  if (bindingBytesOverride !== undefined) return bindingBytesOverride;
-  return tf.getBackend() === 'webgpu' ? webgpuAdapter?.limits.maxStorageBufferBindingSize ?? Infinity : Infinity;
-}
-
-export function setMaxTensorBytes(bytes?: number): void {
-  bindingBytesOverride = bytes;
-}
+export { maxTensorBytes, setMaxTensorBytes } from '../../dsl/limits';
 
 /**
  * A tensor from a large buffer, guarded: the wasm heap line above, and on webgpu the adapter's largest

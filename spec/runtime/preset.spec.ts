@@ -9,20 +9,20 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../src/tf';
-import * as d from '../dsl';
-import { setBackend, setWasmSafeBytes } from '../src/runtime';
-import { PRESETS, closestPresetNames, findPreset, presetNames } from '../src/presets';
-import { fromPreset, loadPreset, presetConfig, resolvePreset } from '../src/preset';
-import { encodeParams, kerasLayout, parameterCount } from '../checkpoints/params';
-import { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
-import { halfToNumber } from '../checkpoints/h5';
-import { decodeHfConfig, encodeHfConfig, hfLayout, kerasToHf, toKeras, writeHfCheckpoint } from '../checkpoints/hf';
-import { readSafetensors, readSafetensorsFile, toBfloat16Bits, toHalfBits, writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../checkpoints/safetensors';
-import type { PaliGemmaParams } from '../models/paligemma';
-import type { PaliGemmaConfig } from '../models/config';
-import { tempDir } from './helpers/files';
-import { assertFixtureOutput } from './helpers/fixtures';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import { setBackend, setWasmSafeBytes } from '../../src/runtime/backend';
+import { PRESETS, closestPresetNames, findPreset, presetNames } from '../../checkpoints/presets';
+import { fromPreset, loadPreset, presetConfig, resolvePreset } from '../../src/runtime/preset';
+import { encodeParams, kerasLayout, parameterCount } from '../../checkpoints/params';
+import { readKerasWeights, readPresetConfig } from '../../checkpoints/keras';
+import { halfToNumber } from '../../checkpoints/h5';
+import { decodeHfConfig, encodeHfConfig, hfLayout, kerasToHf, toKeras, writeHfCheckpoint } from '../../checkpoints/hf';
+import { readSafetensors, readSafetensorsFile, toBfloat16Bits, toHalfBits, writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../../checkpoints/safetensors';
+import type { PaliGemmaParams } from '../../models/paligemma';
+import type { PaliGemmaConfig } from '../../models/config';
+import { tempDir } from '../helpers/files';
+import { assertFixtureOutput } from '../helpers/fixtures';
 
 const KH = 'spec/fixtures/keras_hub';
 const PG1 = path.join(KH, 'pg1_basic');
@@ -184,7 +184,7 @@ test.serial('aliases and near misses', (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 
 const FORMS =
-  'A preset is a built-in name (src/presets.ts), a local directory (a keras_hub preset or a Hugging Face checkpoint), ' +
+  'A preset is a built-in name (checkpoints/presets.ts), a local directory (a keras_hub preset or a Hugging Face checkpoint), ' +
   'kaggle://<owner>/<model>/<framework>/<variation>[/<version>] or hf://<org>/<repo>[@<revision>].';
 
 test.serial('an unknown preset: the closest names, literally', async (t) => {

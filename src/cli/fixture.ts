@@ -5,17 +5,17 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from './tf';
-import * as d from '../dsl';
-import type { Named } from '../dsl';
-import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../models/paligemma';
-import { vit } from '../models/siglip';
-import { buildTree, byKerasPath, diffWeights, vitLayout, type WeightSpec } from '../checkpoints/params';
-import { readWeightsFiles } from '../checkpoints/keras';
-import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../models/config';
-import type { VitParams } from '../models/siglip';
-import { loadPreset } from './preset';
-import { writeFileAtomic } from '../checkpoints/atomic';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import type { Named } from '../../dsl';
+import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
+import { vit } from '../../models/siglip';
+import { buildTree, byKerasPath, diffWeights, vitLayout, type WeightSpec } from '../../checkpoints/params';
+import { readWeightsFiles } from '../../checkpoints/keras';
+import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../../models/config';
+import type { VitParams } from '../../models/siglip';
+import { loadPreset } from '../runtime/preset';
+import { writeFileAtomic } from '../../checkpoints/atomic';
 
 export type BinDType = 'float32' | 'int32' | 'uint8' | 'float64' | 'uint32';
 export interface BinEntry {

@@ -1,12 +1,12 @@
 import * as path from 'node:path';
-import { tf } from '../src/tf';
-import * as d from '../dsl';
-import { backbone, logits } from '../models/paligemma';
-import { fixtureInputs, readManifest } from '../src/fixture';
-import { loadPreset } from '../src/preset';
-import { adamwInit, causalLmLoss, trainStep, type TrainBatch } from '../src/train';
-import { backendTest } from './helpers/backends';
-import { assertClose } from './helpers/numeric';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import { backbone, logits } from '../../models/paligemma';
+import { fixtureInputs, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
+import { adamwInit, causalLmLoss, trainStep, type TrainBatch } from '../../src/train/step';
+import { backendTest } from '../helpers/backends';
+import { assertClose } from '../helpers/numeric';
 
 const dir = path.join('spec/fixtures/keras_hub', 'pg1_basic');
 

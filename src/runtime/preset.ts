@@ -1,7 +1,7 @@
 /**
  * `fromPreset`: a PaliGemma from what keras_hub users pass to `PaliGemmaBackbone.from_preset`.
  *
- *   fromPreset('pali_gemma2_pt_3b_224')                       built-in name or alias (src/presets.ts)
+ *   fromPreset('pali_gemma2_pt_3b_224')                       built-in name or alias (checkpoints/presets.ts)
  *   fromPreset('kaggle://keras/paligemma2/keras/pali_gemma2_pt_3b_224/2')   Kaggle handle (version optional)
  *   fromPreset('hf://google/paligemma2-3b-pt-224')            Hugging Face repo (`@revision` optional)
  *   fromPreset('./my_preset')                                 local directory: Keras preset or HF checkpoint
@@ -34,21 +34,21 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as d from '../dsl';
-import type { Key } from '../dsl';
-import { decodeConfig } from '../checkpoints/config';
-import { readHfCheckpoint, decodeHfConfig, isHfPaliGemmaConfig } from '../checkpoints/hf';
-import { initParams } from '../checkpoints/init';
-import { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
-import { decodeParams, parameterCount, type WeightMap } from '../checkpoints/params';
-import { bigVisionWeights, inferBigVisionConfig } from '../checkpoints/bigvision';
-import { readNpz, type NpzArrays } from '../checkpoints/npz';
-import { hasSafetensors } from '../checkpoints/safetensors';
-import type { PaliGemmaConfig } from '../models/config';
-import type { PaliGemmaParams } from '../models/paligemma';
-import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from './presets';
-import { assertFitsBackend } from './runtime';
-import { tf } from './tf';
+import * as d from '../../dsl';
+import type { Key } from '../../dsl';
+import { decodeConfig } from '../../checkpoints/config';
+import { readHfCheckpoint, decodeHfConfig, isHfPaliGemmaConfig } from '../../checkpoints/hf';
+import { initParams } from '../../checkpoints/init';
+import { readKerasWeights, readPresetConfig } from '../../checkpoints/keras';
+import { decodeParams, parameterCount, type WeightMap } from '../../checkpoints/params';
+import { bigVisionWeights, inferBigVisionConfig } from '../../checkpoints/bigvision';
+import { readNpz, type NpzArrays } from '../../checkpoints/npz';
+import { hasSafetensors } from '../../checkpoints/safetensors';
+import type { PaliGemmaConfig } from '../../models/config';
+import type { PaliGemmaParams } from '../../models/paligemma';
+import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from '../../checkpoints/presets';
+import { assertFitsBackend } from './backend';
+import { tf } from '../../dsl/tf';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -199,7 +199,7 @@ function lookInHfCache(repo: string, revision: string | null, tried: string[]): 
 
 const NOT_DOWNLOADED = 'is not on this machine, and paligemma-ts downloads nothing';
 const FORMS =
-  'A preset is a built-in name (src/presets.ts), a local directory (a keras_hub preset or a Hugging Face checkpoint), ' +
+  'A preset is a built-in name (checkpoints/presets.ts), a local directory (a keras_hub preset or a Hugging Face checkpoint), ' +
   `${KAGGLE_FORM} or hf://<org>/<repo>[@<revision>].`;
 
 const kaggleHowTo = (handle: string) =>

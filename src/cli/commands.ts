@@ -4,20 +4,20 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from './tf';
-import * as d from '../dsl';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
 import type { Command, Io } from './cli';
 import { backendFlag, flag } from './cli';
-import { setBackend } from './runtime';
+import { setBackend } from '../runtime/backend';
 import { computeFixture, readManifest, writeComputed } from './fixture';
-import { fromPreset } from './preset';
-import { loadTokenizer } from './tokenizer';
-import { convertImage, readImage } from './preprocess/image';
-import { parseDetections } from './preprocess/outputs';
-import { greedy, topK, topP, type Sampler } from './generate';
-import { generateText, loadCausalLM } from './causal_lm';
-import { packGeneration } from './preprocess/packing';
-import { backbone, imageSequenceLength, logits } from '../models/paligemma';
+import { fromPreset } from '../runtime/preset';
+import { loadTokenizer } from '../text/tokenizer';
+import { convertImage, readImage } from '../preprocess/image';
+import { parseDetections } from '../preprocess/outputs';
+import { greedy, topK, topP, type Sampler } from '../generate/generate';
+import { generateText, loadCausalLM } from '../generate/causal_lm';
+import { packGeneration } from '../preprocess/packing';
+import { backbone, imageSequenceLength, logits } from '../../models/paligemma';
 
 /** The preset shipped in the package (checkpoints/tiny), found from the installed package's root. */
 export function defaultPresetDir(): string {

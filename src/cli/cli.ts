@@ -4,7 +4,7 @@
  * bin/paligemma.js calls `main(process.argv.slice(2))` and exits with the code it resolves to. Handlers
  * write through an `Io` so tests can read what they print. To add a command, add one entry to `commands`.
  */
-import { version as packageVersion } from '../package.json';
+import { version as packageVersion } from '../../package.json';
 import {
   availableBackends,
   backendInfo,
@@ -14,8 +14,8 @@ import {
   type BackendInfo,
   type BackendRequest,
   type GpuAdapterReport,
-} from './runtime';
-import { tf } from './tf';
+} from '../runtime/backend';
+import { tf } from '../../dsl/tf';
 import { modelCommands } from './commands';
 
 export interface Io {

@@ -21,5 +21,5 @@ export type { Tensor, Rank } from '@tensorflow/tfjs-core';
 
 // tfjs would otherwise start on its highest-priority backend (wasm), which needs an async initialisation
 // before the first op: start on cpu, which initialises synchronously, so plain synchronous use works;
-// `setBackend('auto' | ...)` (src/runtime.ts) moves to a faster one.
+// `setBackend('auto' | ...)` (src/runtime/backend.ts) moves to a faster one.
 void tf.setBackend('cpu');

@@ -12,15 +12,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { tf } from '../src/tf';
-import * as d from '../dsl';
-import { backbone, logits as lmLogits, type PaliGemmaParams } from '../models/paligemma';
-import type { Images } from '../models/siglip';
-import { readBin, type BinEntry } from '../src/fixture';
-import { loadPreset } from '../src/preset';
-import { decodeStep, generate, prefill, sample, topK, topP, type GenerateOptions, type LayerCache, type Sampler } from '../src/generate';
-import { backendTest, test } from './helpers/backends';
-import { assertClose } from './helpers/numeric';
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import { backbone, logits as lmLogits, type PaliGemmaParams } from '../../models/paligemma';
+import type { Images } from '../../models/siglip';
+import { readBin, type BinEntry } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
+import { decodeStep, generate, prefill, sample, topK, topP, type GenerateOptions, type LayerCache, type Sampler } from '../../src/generate/generate';
+import { backendTest, test } from '../helpers/backends';
+import { assertClose } from '../helpers/numeric';
 
 const DIR = 'spec/fixtures/text/generate';
 const N = 16; // image tokens

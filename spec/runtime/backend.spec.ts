@@ -5,8 +5,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { backendTest, test, testBackends } from './helpers/backends';
-import { tf } from '../src/tf';
+import { backendTest, test, testBackends } from '../helpers/backends';
+import { tf } from '../../dsl/tf';
 import {
   assertFitsBackend,
   availableBackends,
@@ -16,8 +16,8 @@ import {
   setWasmSafeBytes,
   tensorOnBackend,
   vulkanIcdPresent,
-} from '../src/runtime';
-import { flag, main, type Io } from '../src/cli';
+} from '../../src/runtime/backend';
+import { flag, main, type Io } from '../../src/cli/cli';
 
 const noAdapter =
   'webgpu: no WebGPU adapter. In Node, the webgpu package (Dawn) needs a Vulkan driver; for the SwiftShader ' +
@@ -231,7 +231,7 @@ test.serial('main: --help, unknown commands, bad flags', async (t) => {
 });
 
 test.serial('`paligemma info --backend webgpu` without a Vulkan driver exits 1 with the way to get one', (t) => {
-  const bin = join(__dirname, '..', '..', 'bin', 'paligemma.js');
+  const bin = join(__dirname, '..', '..', '..', 'bin', 'paligemma.js');
   const env = { ...process.env, VK_ICD_FILENAMES: '/nonexistent/icd.json' };
   const run = () => execFileSync(process.execPath, [bin, 'info', '--backend', 'webgpu'], { env, stdio: 'pipe' });
   const error = t.throws(run) as Error & { status: number; stderr: Buffer };

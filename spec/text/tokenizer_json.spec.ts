@@ -1,5 +1,5 @@
 /**
- * Hugging Face `tokenizer.json` support (src/tokenizer_json.ts): the fixture's SentencePiece model
+ * Hugging Face `tokenizer.json` support (src/text/tokenizer_json.ts): the fixture's SentencePiece model
  * (spec/fixtures/text/tokenizer/vocabulary.spm) is converted here to a tokenizer.json the way transformers'
  * GemmaConverter does (convert_slow_tokenizer.py: vocab from the pieces, `<0x09>` named "\t", merges from every
  * split of every entry into two entries, ordered by score; added tokens for CONTROL / USER_DEFINED pieces;
@@ -10,7 +10,7 @@ import test from 'ava';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadSentencePiece, loadTokenizer, loadTokenizerJson, readModelProto, type ModelProto } from '../src/tokenizer';
+import { loadSentencePiece, loadTokenizer, loadTokenizerJson, readModelProto, type ModelProto } from '../../src/text/tokenizer';
 
 const DIR = 'spec/fixtures/text/tokenizer';
 const SPM = `${DIR}/vocabulary.spm`;
