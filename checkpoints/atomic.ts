@@ -47,3 +47,47 @@ export function writeFileAtomic(file: string, data: Uint8Array | string | readon
     }
   });
 }
+
+/**
+ * Build the directory `dir` as a whole: `fill(tmp)` writes every file into a sibling temporary directory,
+ * which is fsync'ed and renamed into place; an existing `dir` is first renamed aside and removed after. A
+ * crash leaves the old directory or the new one (or, in the instant between the two renames, the old one
+ * beside it as `.<name>.old-*`, which `recoverDir` puts back).
+ */
+export function writeDirAtomic(dir: string, fill: (tmp: string) => void): void {
+  const parent = path.dirname(path.resolve(dir));
+  const name = path.basename(path.resolve(dir));
+  fs.mkdirSync(parent, { recursive: true });
+  recoverDir(dir);
+  const tag = `${process.pid}.${Math.random().toString(36).slice(2)}`;
+  const tmp = path.join(parent, `.${name}.tmp-${tag}`);
+  fs.mkdirSync(tmp);
+  try {
+    fill(tmp);
+    for (const f of fs.readdirSync(tmp, { recursive: true, encoding: 'utf8' })) {
+      const p = path.join(tmp, f);
+      if (fs.statSync(p).isFile()) {
+        const fd = fs.openSync(p, 'r');
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+      }
+    }
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const old = path.join(parent, `.${name}.old-${tag}`);
+  const hadOld = fs.existsSync(dir);
+  if (hadOld) fs.renameSync(dir, old);
+  fs.renameSync(tmp, dir);
+  if (hadOld) fs.rmSync(old, { recursive: true, force: true });
+}
+
+/** Put back a directory a crash left renamed aside (`.<name>.old-*`) when `dir` itself is missing. */
+export function recoverDir(dir: string): void {
+  const parent = path.dirname(path.resolve(dir));
+  const name = path.basename(path.resolve(dir));
+  if (fs.existsSync(dir) || !fs.existsSync(parent)) return;
+  const aside = fs.readdirSync(parent).filter((f) => f.startsWith(`.${name}.old-`));
+  if (aside.length > 0) fs.renameSync(path.join(parent, aside[0]), dir);
+}
