@@ -196,3 +196,30 @@ export function closestPresetNames(name: string, n = 3): string[] {
     .slice(0, n)
     .map((x) => x.candidate);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shipped presets
+// ---------------------------------------------------------------------------------------------------------------
+
+/** A preset whose files ship inside the package (listed in package.json's "files"). */
+export interface ShippedPreset {
+  readonly name: string;
+  /** Its directory, relative to the package root. */
+  readonly dir: string;
+  readonly description: string;
+}
+
+/**
+ * The presets shipped in the package, by name: `fromPreset('tiny')`, `paligemma run --preset tiny`. A shipped
+ * name wins over a local directory of the same name, as built-in names do (pass `./tiny` for the directory).
+ */
+export const SHIPPED_PRESETS: readonly ShippedPreset[] = [
+  {
+    name: 'tiny',
+    dir: 'checkpoints/tiny',
+    description: 'PaliGemma 2 shaped, 16 px images, 3 decoder layers; random weights (its text is random), for trying things out',
+  },
+];
+
+/** The shipped preset with this name. */
+export const findShippedPreset = (name: string): ShippedPreset | undefined => SHIPPED_PRESETS.find((p) => p.name === name);

@@ -14,6 +14,7 @@ import * as d from '../../dsl';
 import { tf } from '../../dsl/tf';
 import { test } from '../helpers/backends';
 import { tempDir } from '../helpers/files';
+import { resolvePreset } from '../../src/runtime/preset';
 
 function capture(): Io & { lines: string[]; errors: string[] } {
   const lines: string[] = [];
@@ -83,6 +84,10 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
   t.is(io.lines.length, 1);
   t.regex(io.errors.join('\n'), /loading tiny: 100%/);
   t.regex(io.errors[io.errors.length - 1], /^18 tokens in [\d.]+ s: [\d.]+ tokens\/s \(wasm, prefill included\)$/);
+  const three = capture();
+  t.is(await main(['generate', '--preset', 'tiny', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], three), 0);
+  t.regex(three.errors[three.errors.length - 1], /^3 tokens in [\d.]+ s: /);
+  t.is(resolvePreset('tiny').dir, path.resolve('checkpoints', 'tiny'));
   const bad = capture();
   t.is(await main(['generate', '--prompt', 'caption en', '--image', 'nope.png'], bad), 1);
   t.deepEqual(bad.errors, ['paligemma generate: --image nope.png: no such file']);

@@ -1,72 +1,20 @@
 /**
- * The `paligemma` command line: a table of commands, each one entry (name, usage line, summary, handler).
+ * The `paligemma` command line: a table of declarative commands (./command.ts), parsed strictly by ./parse.ts.
  *
- * bin/paligemma.js calls `main(process.argv.slice(2))` and exits with the code it resolves to. Handlers
- * write through an `Io` so tests can read what they print. To add a command, add one entry to `commands`.
+ * bin/paligemma.js calls `main(process.argv.slice(2))` and exits with the code it resolves to: 0 done, 1 the
+ * command failed (`paligemma <name>: <message>`), 2 a usage error (an unknown command or flag, a malformed
+ * value). Handlers write through an `Io` so tests can read what they print. To add a command, define it with
+ * `defineCommand` and add it to `commands`.
  */
 import { version as packageVersion } from '../../package.json';
-import {
-  availableBackends,
-  backendInfo,
-  backendNames,
-  formatBytes,
-  setBackend,
-  type BackendInfo,
-  type BackendRequest,
-  type GpuAdapterReport,
-} from '../runtime/backend';
+import { availableBackends, backendInfo, formatBytes, setBackend, type BackendInfo, type GpuAdapterReport } from '../runtime/backend';
 import { tf } from '../../dsl/tf';
+import { consoleIo, defineCommand, sharedFlags, type Command, type Io } from './command';
+import { closestName, commandHelp, flagTable, parseCommandLine, table, UsageError } from './parse';
 import { modelCommands } from './commands';
+import { presetsCommand } from './presets';
 
-export interface Io {
-  out(line: string): void;
-  err(line: string): void;
-}
-export const consoleIo: Io = { out: (l) => console.log(l), err: (l) => console.error(l) };
-
-export interface Command {
-  readonly name: string;
-  /** One line, without the program name: `info [--backend cpu|wasm|webgpu|auto]`. */
-  readonly usage: string;
-  readonly summary: string;
-  /** Resolves to the exit code; a thrown Error prints `paligemma <name>: <message>` and exits 1. */
-  readonly run: (args: readonly string[], io: Io) => Promise<number>;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Flags
-// ---------------------------------------------------------------------------------------------------------
-
-/** The value of `--name value` or `--name=value`; undefined when absent, an error when the value is. */
-export function flag(args: readonly string[], name: string): string | undefined {
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a.startsWith(`--${name}=`)) return a.slice(name.length + 3);
-    if (a === `--${name}`) {
-      const v = args[i + 1];
-      if (v == null || v.startsWith('--')) throw new Error(`--${name} needs a value`);
-      return v;
-    }
-  }
-  return undefined;
-}
-
-/** The --backend flag, checked (default auto). */
-export function backendFlag(args: readonly string[]): BackendRequest {
-  const b = flag(args, 'backend') ?? 'auto';
-  const allowed: readonly string[] = ['auto', ...backendNames];
-  if (!allowed.includes(b)) throw new Error(`--backend must be one of ${allowed.join(', ')}; got '${b}'`);
-  return b as BackendRequest;
-}
-
-/** The --threads flag (wasm), checked; undefined when absent. */
-export function threadsFlag(args: readonly string[]): number | undefined {
-  const v = flag(args, 'threads');
-  if (v == null) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--threads must be a positive integer; got '${v}'`);
-  return n;
-}
+export { consoleIo, type Command, type Io };
 
 // ---------------------------------------------------------------------------------------------------------
 // info
@@ -111,13 +59,12 @@ async function demo(io: Io): Promise<void> {
   io.out(`demo: gradient of sum(A.A) at A = [[1,2],[3,4]]: [[${values.slice(0, 2)}],[${values.slice(2)}]] (expected [[7,11],[9,13]])`);
 }
 
-const info: Command = {
+const info = defineCommand({
   name: 'info',
-  usage: 'info [--backend cpu|wasm|webgpu|auto] [--threads N]',
   summary: 'versions, the backends this machine offers, the chosen one, and a tiny matMul and gradient',
-  run: async (args, io) => {
-    const request = backendFlag(args);
-    const threads = threadsFlag(args);
+  example: 'paligemma info --backend wasm --threads 2',
+  flags: { backend: sharedFlags.backend, threads: sharedFlags.threads },
+  run: async (flags, _positionals, io) => {
     io.out(`paligemma-ts ${packageVersion}, tfjs-core ${tf.version_core}, node ${process.version} (${process.platform} ${process.arch})`);
     const offer = await availableBackends();
     io.out('backends available:');
@@ -125,7 +72,7 @@ const info: Command = {
     io.out(`  wasm    ${offer.wasm ? `yes (XNNPACK; ${offer.cores} cores here)` : 'no WebAssembly'}`);
     const webgpu = offer.webgpu;
     io.out(`  webgpu  ${typeof webgpu === 'string' ? `unavailable: ${webgpu.replace(/^webgpu: /, '')}` : adapterLine(webgpu)}`);
-    const chosen = await setBackend(request, threads != null ? { threads } : {});
+    const chosen = await setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
     io.out(backendLine(chosen));
     if (chosen.adapter != null) {
       const l = chosen.adapter.limits;
@@ -143,45 +90,79 @@ const info: Command = {
     }
     return 0;
   },
-};
+});
 
 // ---------------------------------------------------------------------------------------------------------
-// The table and main
+// The table, help and main
 // ---------------------------------------------------------------------------------------------------------
 
-export const commands: Command[] = [info, ...modelCommands];
+export const commands: Command[] = [info, presetsCommand, ...modelCommands];
 
+/** `paligemma --help`: the commands, the flags they share, every command's flags, examples. */
 export function usage(): string {
-  const width = Math.max(...commands.map((c) => c.usage.length));
   return [
-    'usage: paligemma <command> [options]',
+    'usage: paligemma <command> [flags]        paligemma <command> --help: its flags, types, defaults, an example',
+    '       paligemma --version | --help',
     '',
     'commands:',
-    ...commands.map((c) => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    ...table(commands.map((c) => [c.name, c.summary])),
     '',
-    'Backends: auto (default) picks webgpu on a hardware GPU, else wasm; set PALIGEMMA_WASM_THREADS for wasm threads.',
+    'flags shared by commands (the same meaning wherever they appear):',
+    ...flagTable(sharedFlags),
+    '',
+    'flags of each command:',
+    ...table(commands.map((c) => [c.name, Object.keys(c.flags).map((f) => `--${f}`).join(' ')])),
+    '',
+    'examples:',
+    ...commands.map((c) => `  ${c.example}`),
+    '',
+    'Exit status: 0 done, 1 the command failed, 2 a usage error. Backends: auto (default) picks webgpu on a',
+    'hardware GPU, else wasm; PALIGEMMA_WASM_THREADS sets the wasm threads when --threads is not given.',
   ].join('\n');
 }
 
+const usageError = (io: Io, where: string, message: string, hint: string): number => {
+  io.err(`${where}: ${message}`);
+  io.err(hint);
+  return 2;
+};
+
 export async function main(argv: readonly string[], io: Io = consoleIo): Promise<number> {
   const [name, ...args] = argv;
-  if (name == null || name === '--help' || name === '-h' || name === 'help') {
+  if (name === undefined) {
+    io.err(usage());
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
     io.out(usage());
-    return name == null ? 1 : 0;
+    return 0;
+  }
+  if (name === '--version' || name === '-V') {
+    io.out(`paligemma-ts ${packageVersion}`);
+    return 0;
   }
   const command = commands.find((c) => c.name === name);
-  if (command == null) {
-    io.err(`paligemma: unknown command '${name}'; commands: ${commands.map((c) => c.name).join(', ')}`);
-    io.err(`run 'paligemma --help' for usage`);
-    return 1;
+  if (command === undefined) {
+    const near = closestName(name.replace(/^-+/, ''), commands.map((c) => c.name));
+    const what = name.startsWith('-') ? `unknown flag ${name} before the command` : `unknown command '${name}'`;
+    const hint = near !== undefined ? `; did you mean '${near}'?` : '';
+    return usageError(io, 'paligemma', `${what}${hint} (commands: ${commands.map((c) => c.name).join(', ')})`, "run 'paligemma --help' for usage");
   }
-  if (args.includes('--help') || args.includes('-h')) {
-    io.out(`usage: paligemma ${command.usage}\n\n${command.summary}`);
+  let parsed;
+  try {
+    parsed = parseCommandLine(command, args);
+  } catch (e) {
+    if (e instanceof UsageError) return usageError(io, `paligemma ${name}`, e.message, `run 'paligemma ${name} --help' for its flags`);
+    throw e;
+  }
+  if (parsed.help) {
+    io.out(commandHelp(command));
     return 0;
   }
   try {
-    return await command.run(args, io);
+    return await command.run(parsed.flags as never, parsed.positionals, io);
   } catch (e) {
+    if (e instanceof UsageError) return usageError(io, `paligemma ${name}`, e.message, `run 'paligemma ${name} --help' for its flags`);
     io.err(`paligemma ${name}: ${e instanceof Error ? e.message : String(e)}`);
     return 1;
   }

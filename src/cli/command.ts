@@ -8,20 +8,33 @@
 export interface Io {
   out(line: string): void;
   err(line: string): void;
+  /** Part of a line on stdout, no newline added (streamed tokens); where absent, callers print whole lines. */
+  write?(chunk: string): void;
 }
-export const consoleIo: Io = { out: (l) => console.log(l), err: (l) => console.error(l) };
+export const consoleIo: Io = { out: (l) => console.log(l), err: (l) => console.error(l), write: (s) => void process.stdout.write(s) };
 
+/**
+ * One flag. `required: true` (a flag without a default that must be given) makes its value always set; a
+ * missing one is a usage error. `placeholder` names the value in `--help` (`--preset <name|dir>`).
+ */
 export type FlagSpec =
-  | { readonly type: 'string'; readonly help: string; readonly default?: string; readonly choices?: readonly string[]; readonly placeholder?: string }
-  | { readonly type: 'number' | 'integer'; readonly help: string; readonly default?: number; readonly min?: number; readonly max?: number }
+  | { readonly type: 'string'; readonly help: string; readonly default?: string; readonly choices?: readonly string[]; readonly placeholder?: string; readonly required?: boolean }
+  | { readonly type: 'number' | 'integer'; readonly help: string; readonly default?: number; readonly min?: number; readonly max?: number; readonly placeholder?: string; readonly required?: boolean }
   | { readonly type: 'boolean'; readonly help: string; readonly default?: boolean };
 
 export type Flags = { readonly [name: string]: FlagSpec };
 
-type FlagValue<S extends FlagSpec> = S extends { type: 'boolean' } ? boolean : S extends { type: 'string' } ? string : number;
-/** Parsed flags, keyed by their kebab-case names: a flag with a default (and every boolean) is always set. */
+/** A flag's value: its choices as a union where it has them (`'auto' | 'cpu' | ...`). */
+type FlagValue<S extends FlagSpec> = S extends { type: 'boolean' }
+  ? boolean
+  : S extends { type: 'string' }
+    ? S extends { choices: readonly (infer C extends string)[] }
+      ? C
+      : string
+    : number;
+/** Parsed flags, keyed by their kebab-case names: a flag with a default, a required one and every boolean are always set. */
 export type FlagValues<F extends Flags> = {
-  readonly [K in keyof F]: F[K] extends { default: unknown } | { type: 'boolean' } ? FlagValue<F[K]> : FlagValue<F[K]> | undefined;
+  readonly [K in keyof F]: F[K] extends { default: unknown } | { type: 'boolean' } | { required: true } ? FlagValue<F[K]> : FlagValue<F[K]> | undefined;
 };
 
 export interface Positional {
@@ -42,7 +55,7 @@ export interface Command<F extends Flags = Flags> {
 }
 
 /** Keeps a command's flag types precise (the table of all commands holds them as `Command`). */
-export const defineCommand = <F extends Flags>(c: Command<F>): Command => c as unknown as Command;
+export const defineCommand = <const F extends Flags>(c: Command<F>): Command => c as unknown as Command;
 
 /** Flags that mean the same on every command that has them. */
 export const sharedFlags = {

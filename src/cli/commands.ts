@@ -1,16 +1,17 @@
 /**
- * CLI commands that run the model: `run` (the README's main job) and `run-fixture` (the fixture contract:
- * compute every output a golden fixture's manifest lists and write them in the same format).
+ * CLI commands that run the model: `run` (one forward pass), `generate` (the README's main job) and
+ * `run-fixture` (the fixture contract: compute every output a golden fixture's manifest lists and write them in
+ * the same format). Declarative (./command.ts): their flags are parsed and checked before `run` is called.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import type { Command, Io } from './cli';
-import { backendFlag, flag } from './cli';
-import { setBackend } from '../runtime/backend';
+import { defineCommand, sharedFlags, type Command, type Io } from './command';
+import { setBackend, type BackendInfo } from '../runtime/backend';
 import { computeFixture, readManifest, writeComputed } from './fixture';
-import { fromPreset } from '../runtime/preset';
+import { fromPreset, resolvePreset, shippedPresetDir } from '../runtime/preset';
+import { findShippedPreset } from '../../checkpoints/presets';
 import { loadTokenizer } from '../text/tokenizer';
 import { convertImage, readImage } from '../preprocess/image';
 import { parseDetections } from '../preprocess/outputs';
@@ -19,56 +20,75 @@ import { generateText, loadCausalLM } from '../generate/causal_lm';
 import { packGeneration } from '../preprocess/packing';
 import { backbone, imageSequenceLength, logits } from '../../models/paligemma';
 
-/** The preset shipped in the package (checkpoints/tiny), found from the installed package's root. */
-export function defaultPresetDir(): string {
-  const candidates = [path.resolve(__dirname, '..', 'checkpoints', 'tiny'), path.resolve('checkpoints', 'tiny')];
-  const found = candidates.find((c) => fs.existsSync(path.join(c, 'config.json')));
-  if (!found) throw new Error(`the shipped tiny preset is missing; looked in ${candidates.join(', ')}`);
-  return found;
+/** The default preset: the first shipped one (checkpoints/presets.ts, SHIPPED_PRESETS). */
+export const DEFAULT_PRESET = 'tiny';
+
+/** The picture used when --image is not given: the shipped tiny preset's cat.png. */
+export function defaultImage(): string {
+  return path.join(shippedPresetDir(findShippedPreset(DEFAULT_PRESET)!), 'cat.png');
 }
 
-const positional = (args: readonly string[]): string[] => {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    if (args[i].startsWith('--')) {
-      if (!args[i].includes('=')) i++;
-    } else out.push(args[i]);
-  }
-  return out;
-};
+/** The directory of the shipped tiny preset (kept for callers of the old name). */
+export const defaultPresetDir = (): string => shippedPresetDir(findShippedPreset(DEFAULT_PRESET)!);
 
-export const runFixture: Command = {
+const presetFlag = { ...sharedFlags.preset, default: DEFAULT_PRESET } as const;
+const imageFlag = { type: 'string', help: 'the picture (default: cat.png of the shipped tiny preset)', placeholder: 'png|jpg' } as const;
+
+/** The backend the flags ask for (threads only when given: else PALIGEMMA_WASM_THREADS or 1). */
+const backendOf = (flags: { backend: 'auto' | 'cpu' | 'wasm' | 'webgpu'; threads: number | undefined }): Promise<BackendInfo> =>
+  setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
+
+/** PaliGemma's prompts end with a newline (big_vision and Hugging Face add it too). */
+const withNewline = (prompt: string): string => (prompt.endsWith('\n') ? prompt : `${prompt}\n`);
+
+// ---------------------------------------------------------------------------------------------------------
+// run-fixture
+// ---------------------------------------------------------------------------------------------------------
+
+export const runFixture = defineCommand({
   name: 'run-fixture',
-  usage: 'run-fixture <fixture-dir> --out <out-dir> [--backend cpu|wasm|webgpu]',
   summary: "compute every output of a golden fixture's manifest.json from its preset/ and write them as .bin + manifest.json",
-  async run(args, io) {
-    const [dir] = positional(args);
-    const out = flag(args, 'out');
-    if (!dir) throw new Error('missing <fixture-dir>');
-    if (!out) throw new Error('missing --out <out-dir>');
+  example: 'paligemma run-fixture spec/fixtures/keras_hub/grad --out /tmp/grad --backend cpu',
+  positionals: [{ name: 'fixture-dir', help: 'a golden fixture: manifest.json, inputs and preset/' }],
+  flags: {
+    out: { type: 'string', help: 'where to write the outputs (.bin files and manifest.json)', placeholder: 'dir', required: true },
+    backend: sharedFlags.backend,
+    threads: sharedFlags.threads,
+  },
+  async run(flags, [dir], io) {
     const manifest = readManifest(dir);
-    const info = await setBackend(backendFlag(args));
+    const info = await backendOf(flags);
     const t0 = performance.now();
     const computed = await computeFixture(dir, manifest);
-    writeComputed(out, computed);
-    io.out(`${path.basename(path.resolve(dir))}: wrote ${computed.outputs.size} outputs${computed.gradients.size ? ` and ${computed.gradients.size} gradients` : ''} to ${out} (${info.name}, ${((performance.now() - t0) / 1000).toFixed(2)} s)`);
+    writeComputed(flags.out, computed);
+    io.out(`${path.basename(path.resolve(dir))}: wrote ${computed.outputs.size} outputs${computed.gradients.size ? ` and ${computed.gradients.size} gradients` : ''} to ${flags.out} (${info.name}, ${((performance.now() - t0) / 1000).toFixed(2)} s)`);
     return 0;
   },
-};
+});
 
-export const run: Command = {
+// ---------------------------------------------------------------------------------------------------------
+// run
+// ---------------------------------------------------------------------------------------------------------
+
+export const run = defineCommand({
   name: 'run',
-  usage: 'run [--preset <dir|name>] [--image <png|jpg>] [--prompt <text>] [--backend auto|cpu|wasm|webgpu]',
   summary: 'one forward pass: image + prompt -> logits; prints the output shape, top tokens of the last position, backend and time',
-  async run(args, io) {
-    const presetArg = flag(args, 'preset');
-    const presetDir = presetArg ?? defaultPresetDir();
-    const imagePath = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
-    const prompt = flag(args, 'prompt') ?? 'caption en\n';
-    const info = await setBackend(backendFlag(args));
+  example: 'paligemma run --preset tiny --prompt "caption en" --backend wasm',
+  flags: {
+    preset: presetFlag,
+    image: imageFlag,
+    prompt: { type: 'string', help: 'the prompt (a newline is added where it has none)', default: 'caption en' },
+    backend: sharedFlags.backend,
+    threads: sharedFlags.threads,
+  },
+  async run(flags, _positionals, io) {
+    const presetDir = resolvePreset(flags.preset).dir ?? flags.preset;
+    const imagePath = flags.image ?? defaultImage();
+    const prompt = withNewline(flags.prompt);
+    const info = await backendOf(flags);
     const t0 = performance.now();
-    const params = fromPreset(presetDir);
-    const tokenizer = loadTokenizer(fs.existsSync(presetDir) ? presetDir : presetDir);
+    const params = fromPreset(flags.preset);
+    const tokenizer = loadTokenizer(presetDir);
     const c = params.config;
     const loaded = performance.now();
     const ids = tokenizer.encode(prompt);
@@ -93,7 +113,7 @@ export const run: Command = {
     const ms = performance.now() - t1;
     tf.dispose([result.last.values, result.last.indices]);
     d.disposeTree(params);
-    io.out(`preset: ${presetDir} (${c.num_layers} decoder layers, ${imageSequenceLength(c)} image tokens, vocabulary ${c.vocabulary_size})`);
+    io.out(`preset: ${flags.preset} (${c.num_layers} decoder layers, ${imageSequenceLength(c)} image tokens, vocabulary ${c.vocabulary_size})`);
     io.out(`image: ${imagePath} -> ${c.image_size}x${c.image_size}; prompt: ${JSON.stringify(prompt)} -> ${length} tokens with <bos>`);
     io.out(`sequence_output: [${result.seqShape.join(', ')}]  logits: [${result.logitsShape.join(', ')}]`);
     io.out('top tokens after the prompt:');
@@ -103,47 +123,51 @@ export const run: Command = {
     io.out(`backend: ${info.name}; load ${((loaded - t0) / 1000).toFixed(2)} s, forward ${(ms / 1000).toFixed(3)} s`);
     return 0;
   },
-};
+});
 
-const numberFlag = (args: readonly string[], name: string): number | undefined => {
-  const v = flag(args, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`--${name} must be a number; got '${v}'`);
-  return n;
-};
+// ---------------------------------------------------------------------------------------------------------
+// generate
+// ---------------------------------------------------------------------------------------------------------
 
-function samplerFlags(args: readonly string[]): Sampler {
-  const kind = flag(args, 'sampler') ?? 'greedy';
-  const temperature = numberFlag(args, 'temperature');
-  if (kind === 'greedy') return greedy(temperature);
-  if (kind === 'top_k') return topK(numberFlag(args, 'k') ?? 5, temperature);
-  if (kind === 'top_p') return topP(numberFlag(args, 'p') ?? 0.9, { temperature });
-  throw new Error(`--sampler must be greedy, top_k or top_p; got '${kind}'`);
+type SamplerFlags = { sampler: 'greedy' | 'top_k' | 'top_p'; k: number; p: number; temperature: number | undefined };
+
+function samplerOf(flags: SamplerFlags): Sampler {
+  if (flags.sampler === 'top_k') return topK(flags.k, flags.temperature);
+  if (flags.sampler === 'top_p') return topP(flags.p, { temperature: flags.temperature });
+  return greedy(flags.temperature);
 }
 
-export const generateCommand: Command = {
+export const generateCommand = defineCommand({
   name: 'generate',
-  usage: 'generate [--preset <dir|name>] --image <png|jpg> --prompt <text> [--max-length 64] [--sampler greedy|top_k|top_p] [--k 5] [--p 0.9] [--temperature 1] [--seed 0] [--backend ...]',
   summary: 'image + prompt -> text (PaliGemmaCausalLM.generate), with a tokens/s figure; detection answers are parsed into boxes',
-  async run(args, io) {
-    const preset = flag(args, 'preset') ?? defaultPresetDir();
-    const image = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
-    const raw = flag(args, 'prompt');
-    if (raw === undefined) throw new Error('missing --prompt, e.g. --prompt "caption en"');
-    // PaliGemma's prompts end with a newline (big_vision and Hugging Face add it too)
-    const prompt = raw.endsWith('\n') ? raw : `${raw}\n`;
-    const maxLength = numberFlag(args, 'max-length') ?? 64;
-    const sampler = samplerFlags(args);
+  example: 'paligemma generate --preset tiny --image cat.png --prompt "caption en" --max-new-tokens 16',
+  flags: {
+    preset: presetFlag,
+    image: imageFlag,
+    prompt: { type: 'string', help: 'the prompt, e.g. "caption en" or "detect cat" (a newline is added where it has none)', placeholder: 'text', required: true },
+    'max-new-tokens': sharedFlags['max-new-tokens'],
+    'max-length': { type: 'integer', help: 'at most this many tokens in all, <bos> and prompt included (keras_hub\'s max_length)', min: 2 },
+    sampler: { type: 'string', help: 'how the next token is chosen', default: 'greedy', choices: ['greedy', 'top_k', 'top_p'] },
+    k: { type: 'integer', help: 'top_k: sample among the k most likely tokens', default: 5, min: 1 },
+    p: { type: 'number', help: 'top_p: sample among the most likely tokens whose probabilities sum to p', default: 0.9, min: 0, max: 1 },
+    temperature: { type: 'number', help: 'divides the logits before sampling (default: 1)', min: 0 },
+    seed: { type: 'integer', help: 'seed of the sampler\'s random numbers', default: 0 },
+    backend: sharedFlags.backend,
+    threads: sharedFlags.threads,
+  },
+  async run(flags, _positionals, io) {
+    const image = flags.image ?? defaultImage();
+    const prompt = withNewline(flags.prompt);
+    const sampler = samplerOf(flags);
     if (!fs.existsSync(image)) throw new Error(`--image ${image}: no such file`);
-    const info = await setBackend(backendFlag(args));
+    const info = await backendOf(flags);
     const t0 = performance.now();
     let last = -1;
-    const lm = loadCausalLM(preset, {
+    const lm = loadCausalLM(flags.preset, {
       onProgress: (done, total, what) => {
         const pct = Math.floor((100 * done) / Math.max(total, 1));
         if (pct >= last + 10 || done === total) {
-          io.err(`loading ${path.basename(preset)}: ${pct}% (${what})`);
+          io.err(`loading ${flags.preset}: ${pct}% (${what})`);
           last = pct;
         }
       },
@@ -151,21 +175,25 @@ export const generateCommand: Command = {
     try {
       io.err(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${info.name}`);
       const pixels = readImage(image);
-      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, { maxLength, sampler, seed: numberFlag(args, 'seed') ?? 0, stripPrompt: true });
+      // the whole sequence: <bos>, the prompt and at most --max-new-tokens more, within --max-length
+      const budget = 1 + lm.tokenizer.encode(prompt).length + flags['max-new-tokens'];
+      const maxLength = Math.min(budget, flags['max-length'] ?? budget);
+      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, { maxLength, sampler, seed: flags.seed, stripPrompt: true });
       io.out(out.texts[0]);
-      if (/^detect\b/.test(prompt)) {
-        for (const o of parseDetections(out.texts[0], { height: pixels.height, width: pixels.width })) {
-          const b = o.box;
-          io.out(`  ${o.label || '(no label)'}: y ${b.yMin.toFixed(1)}..${b.yMax.toFixed(1)}, x ${b.xMin.toFixed(1)}..${b.xMax.toFixed(1)} px`);
-        }
-      }
+      if (/^detect\b/.test(prompt)) printDetections(io, out.texts[0], pixels);
       io.err(`${out.generatedTokens} tokens in ${out.seconds.toFixed(2)} s: ${(out.generatedTokens / out.seconds).toFixed(1)} tokens/s (${info.name}, prefill included)`);
     } finally {
       d.disposeTree(lm.params);
     }
     return 0;
   },
-};
+});
+
+function printDetections(io: Io, text: string, pixels: { height: number; width: number }): void {
+  for (const o of parseDetections(text, { height: pixels.height, width: pixels.width })) {
+    const b = o.box;
+    io.out(`  ${o.label || '(no label)'}: y ${b.yMin.toFixed(1)}..${b.yMax.toFixed(1)}, x ${b.xMin.toFixed(1)}..${b.xMax.toFixed(1)} px`);
+  }
+}
 
 export const modelCommands: readonly Command[] = [run, generateCommand, runFixture];
-export type { Io };

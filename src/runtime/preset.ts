@@ -46,7 +46,7 @@ import { readNpz, type NpzArrays } from '../../checkpoints/npz';
 import { hasSafetensors } from '../../checkpoints/safetensors';
 import type { PaliGemmaConfig } from '../../models/config';
 import type { PaliGemmaParams } from '../../models/paligemma';
-import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from '../../checkpoints/presets';
+import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, findShippedPreset, type PresetInfo, type ShippedPreset } from '../../checkpoints/presets';
 import { assertFitsBackend } from './backend';
 import { tf } from '../../dsl/tf';
 
@@ -213,6 +213,37 @@ const hfHowTo = (repo: string, revision: string | null) =>
   `  then use the same cache here (HF_HUB_CACHE or HF_HOME), or pass the snapshot directory.`;
 
 /**
+ * The root of the installed package: the nearest folder above this bundle (dist/index.js, or a spec bundle
+ * under dist/spec/) whose package.json is paligemma-ts', else above the working directory; undefined if none.
+ */
+export function packageRoot(): string | undefined {
+  for (const start of [__dirname, process.cwd()]) {
+    for (let dir = path.resolve(start); ; dir = path.dirname(dir)) {
+      const file = path.join(dir, 'package.json');
+      if (fs.existsSync(file)) {
+        try {
+          if ((JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: unknown }).name === 'paligemma-ts') return dir;
+        } catch {
+          // not ours: keep looking above
+        }
+      }
+      if (path.dirname(dir) === dir) break;
+    }
+  }
+  return undefined;
+}
+
+/** The directory of a preset shipped in the package (checkpoints/presets.ts: SHIPPED_PRESETS). */
+export function shippedPresetDir(shipped: ShippedPreset): string {
+  const root = packageRoot();
+  const dir = root === undefined ? undefined : path.join(root, shipped.dir);
+  if (dir === undefined || !fs.existsSync(path.join(dir, 'config.json'))) {
+    throw new Error(`the shipped preset '${shipped.name}' is missing: expected ${shipped.dir}/config.json in the package (${root ?? `no paligemma-ts package.json above ${__dirname}`})`);
+  }
+  return dir;
+}
+
+/**
  * Where a preset's files are. Throws for an unknown name (with the closest names), a malformed handle or
  * a local path that does not exist; a known preset that is not on disk gives `dir: null` and the paths tried.
  */
@@ -226,6 +257,9 @@ export function resolvePreset(preset: string): ResolvedPreset {
     tried,
     howToGet,
   });
+
+  const shipped = findShippedPreset(preset);
+  if (shipped !== undefined) return found(shippedPresetDir(shipped), undefined, '');
 
   const builtin = findPreset(preset);
   if (builtin !== undefined) {
