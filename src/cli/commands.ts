@@ -15,9 +15,9 @@ import { loadTokenizer } from '../text/tokenizer';
 import { convertImage, readImage } from '../preprocess/image';
 import { parseDetections } from '../preprocess/outputs';
 import { greedy, topK, topP, type Sampler } from '../generate/generate';
-import { generateText, loadCausalLM } from '../generate/causal_lm';
+import { DEFAULT_MAX_NEW_TOKENS, generateText, loadCausalLM, promptText } from '../generate/causal_lm';
 import { packGeneration } from '../preprocess/packing';
-import { backbone, imageSequenceLength, logits } from '../../models/paligemma';
+import { backbone, checkTokenIds, imageSequenceLength, logits } from '../../models/paligemma';
 
 /** The preset shipped in the package (checkpoints/tiny), found from the installed package's root. */
 export function defaultPresetDir(): string {
@@ -58,13 +58,13 @@ export const runFixture: Command = {
 
 export const run: Command = {
   name: 'run',
-  usage: 'run [--preset <dir|name>] [--image <png|jpg>] [--prompt <text>] [--backend auto|cpu|wasm|webgpu]',
+  usage: 'run [--preset <dir|name>] [--image <png|jpg>] [--prompt <text>] [--backend auto|cpu|wasm|webgpu]   (a prompt gets a trailing "\\n" if it has none)',
   summary: 'one forward pass: image + prompt -> logits; prints the output shape, top tokens of the last position, backend and time',
   async run(args, io) {
     const presetArg = flag(args, 'preset');
     const presetDir = presetArg ?? defaultPresetDir();
     const imagePath = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
-    const prompt = flag(args, 'prompt') ?? 'caption en\n';
+    const prompt = promptText(flag(args, 'prompt') ?? 'caption en');
     const info = await setBackend(backendFlag(args));
     const t0 = performance.now();
     const params = fromPreset(presetDir);
@@ -73,6 +73,7 @@ export const run: Command = {
     const loaded = performance.now();
     const ids = tokenizer.encode(prompt);
     const length = ids.length + 1;
+    checkTokenIds(c, [ids], undefined, 'run');
     const packed = packGeneration(ids, undefined, length);
     const image = convertImage(imagePath, c.image_size);
     const t1 = performance.now();
@@ -124,16 +125,16 @@ function samplerFlags(args: readonly string[]): Sampler {
 
 export const generateCommand: Command = {
   name: 'generate',
-  usage: 'generate [--preset <dir|name>] --image <png|jpg> --prompt <text> [--max-length 64] [--sampler greedy|top_k|top_p] [--k 5] [--p 0.9] [--temperature 1] [--seed 0] [--backend ...]',
+  usage: `generate [--preset <dir|name>] --image <png|jpg> --prompt <text> [--max-new-tokens ${DEFAULT_MAX_NEW_TOKENS}] [--max-length <prompt+answer>] [--sampler greedy|top_k|top_p] [--k 5] [--p 0.9] [--temperature 1] [--seed 0] [--backend ...]`,
   summary: 'image + prompt -> text (PaliGemmaCausalLM.generate), with a tokens/s figure; detection answers are parsed into boxes',
   async run(args, io) {
     const preset = flag(args, 'preset') ?? defaultPresetDir();
     const image = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
     const raw = flag(args, 'prompt');
     if (raw === undefined) throw new Error('missing --prompt, e.g. --prompt "caption en"');
-    // PaliGemma's prompts end with a newline (big_vision and Hugging Face add it too)
-    const prompt = raw.endsWith('\n') ? raw : `${raw}\n`;
-    const maxLength = numberFlag(args, 'max-length') ?? 64;
+    const prompt = promptText(raw); // "\n" appended when missing, as generateText does
+    const maxLength = numberFlag(args, 'max-length');
+    const maxNewTokens = numberFlag(args, 'max-new-tokens') ?? (maxLength === undefined ? DEFAULT_MAX_NEW_TOKENS : undefined);
     const sampler = samplerFlags(args);
     if (!fs.existsSync(image)) throw new Error(`--image ${image}: no such file`);
     const info = await setBackend(backendFlag(args));
@@ -151,7 +152,7 @@ export const generateCommand: Command = {
     try {
       io.err(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${info.name}`);
       const pixels = readImage(image);
-      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, { maxLength, sampler, seed: numberFlag(args, 'seed') ?? 0, stripPrompt: true });
+      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, { maxLength, maxNewTokens, sampler, seed: numberFlag(args, 'seed') ?? 0, stripPrompt: true });
       io.out(out.texts[0]);
       if (/^detect\b/.test(prompt)) {
         for (const o of parseDetections(out.texts[0], { height: pixels.height, width: pixels.width })) {
@@ -159,6 +160,7 @@ export const generateCommand: Command = {
           io.out(`  ${o.label || '(no label)'}: y ${b.yMin.toFixed(1)}..${b.yMax.toFixed(1)}, x ${b.xMin.toFixed(1)}..${b.xMax.toFixed(1)} px`);
         }
       }
+      io.err(`finish: ${out.finishReasons[0]} (${out.finishReasons[0] === 'stop' ? 'a stop token' : 'the token budget'})`);
       io.err(`${out.generatedTokens} tokens in ${out.seconds.toFixed(2)} s: ${(out.generatedTokens / out.seconds).toFixed(1)} tokens/s (${info.name}, prefill included)`);
     } finally {
       d.disposeTree(lm.params);
