@@ -122,6 +122,24 @@ export function prefixLmMask(
 // forward
 // -------------------------------------------------------------------------------------------------
 
+/**
+ * Token ids must index the vocabulary: an id outside [0, vocabulary_size) is refused on the host, naming
+ * the id, its row and position (tfjs' cpu gather throws an opaque index error, wasm and webgpu read
+ * whatever memory follows the table). `lengths[r]`: check row r's first lengths[r] ids only (its prompt).
+ */
+export function checkTokenIds(c: PaliGemmaConfig, rows: readonly ArrayLike<number>[], lengths: readonly number[] | undefined, who: string): void {
+  const vocab = c.vocabulary_size;
+  rows.forEach((row, r) => {
+    const n = lengths?.[r] ?? row.length;
+    for (let i = 0; i < n; i++) {
+      const id = row[i];
+      if (!(Number.isInteger(id) && id >= 0 && id < vocab)) {
+        throw new Error(`${who}: token id ${id} at row ${r}, position ${i} is outside the vocabulary of ${vocab} ids [0, ${vocab - 1}]`);
+      }
+    }
+  });
+}
+
 export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
   const [b, t] = x.token_ids.shape;
   const expect = (name: string, got: readonly number[], want: readonly number[]) => {
@@ -132,6 +150,12 @@ export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
   expect('images', x.images.shape, [b, c.image_size, c.image_size, 3]);
   expect('padding_mask', x.padding_mask.shape, [b, t]);
   expect('response_mask', x.response_mask.shape, [b, t]);
+  // ids checked on the host where a synchronous read exists (cpu, wasm); webgpu in Node has no dataSync,
+  // so there generate and the CLI check their host arrays before making the tensor
+  if (tf.getBackend() !== 'webgpu') {
+    const ids = x.token_ids.tensor.dataSync();
+    checkTokenIds(c, Array.from({ length: b }, (_, r) => ids.subarray(r * t, (r + 1) * t)), undefined, 'backbone');
+  }
 }
 
 /** Image and scaled text embeddings, concatenated: [batch, N + T, embed]. */

@@ -87,6 +87,15 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
   const three = capture();
   t.is(await main(['generate', '--preset', 'tiny', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], three), 0);
   t.regex(three.errors[three.errors.length - 1], /^3 tokens in [\d.]+ s: /);
+  t.is(three.errors[three.errors.length - 2], 'finish: length (the token budget: --max-new-tokens 3)');
+  // streamed: where the output takes partial lines, the pieces arrive one by one and add up to the answer
+  const chunks: string[] = [];
+  const streamed = { ...capture(), write: (s: string) => chunks.push(s) };
+  t.is(await main(['generate', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], streamed), 0);
+  t.deepEqual(streamed.lines, []);
+  t.is(chunks.length, 4, chunks.join('|'));
+  t.is(chunks[3], '\n');
+  t.is(chunks.join(''), `${three.lines[0]}\n`);
   t.is(resolvePreset('tiny').dir, path.resolve('checkpoints', 'tiny'));
   const bad = capture();
   t.is(await main(['generate', '--prompt', 'caption en', '--image', 'nope.png'], bad), 1);

@@ -16,9 +16,9 @@ import { loadTokenizer } from '../text/tokenizer';
 import { convertImage, readImage } from '../preprocess/image';
 import { parseDetections } from '../preprocess/outputs';
 import { greedy, topK, topP, type Sampler } from '../generate/generate';
-import { generateText, loadCausalLM } from '../generate/causal_lm';
+import { generateText, loadCausalLM, promptText } from '../generate/causal_lm';
 import { packGeneration } from '../preprocess/packing';
-import { backbone, imageSequenceLength, logits } from '../../models/paligemma';
+import { backbone, checkTokenIds, imageSequenceLength, logits } from '../../models/paligemma';
 
 /** The default preset: the first shipped one (checkpoints/presets.ts, SHIPPED_PRESETS). */
 export const DEFAULT_PRESET = 'tiny';
@@ -37,9 +37,6 @@ const imageFlag = { type: 'string', help: 'the picture (default: cat.png of the 
 /** The backend the flags ask for (threads only when given: else PALIGEMMA_WASM_THREADS or 1). */
 const backendOf = (flags: { backend: 'auto' | 'cpu' | 'wasm' | 'webgpu'; threads: number | undefined }): Promise<BackendInfo> =>
   setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
-
-/** PaliGemma's prompts end with a newline (big_vision and Hugging Face add it too). */
-const withNewline = (prompt: string): string => (prompt.endsWith('\n') ? prompt : `${prompt}\n`);
 
 // ---------------------------------------------------------------------------------------------------------
 // run-fixture
@@ -84,7 +81,7 @@ export const run = defineCommand({
   async run(flags, _positionals, io) {
     const presetDir = resolvePreset(flags.preset).dir ?? flags.preset;
     const imagePath = flags.image ?? defaultImage();
-    const prompt = withNewline(flags.prompt);
+    const prompt = promptText(flags.prompt); // "\n" appended when missing, as generateText does
     const info = await backendOf(flags);
     const t0 = performance.now();
     const params = fromPreset(flags.preset);
@@ -93,6 +90,7 @@ export const run = defineCommand({
     const loaded = performance.now();
     const ids = tokenizer.encode(prompt);
     const length = ids.length + 1;
+    checkTokenIds(c, [ids], undefined, 'run');
     const packed = packGeneration(ids, undefined, length);
     const image = convertImage(imagePath, c.image_size);
     const t1 = performance.now();
@@ -157,7 +155,7 @@ export const generateCommand = defineCommand({
   },
   async run(flags, _positionals, io) {
     const image = flags.image ?? defaultImage();
-    const prompt = withNewline(flags.prompt);
+    const prompt = promptText(flags.prompt);
     const sampler = samplerOf(flags);
     if (!fs.existsSync(image)) throw new Error(`--image ${image}: no such file`);
     const info = await backendOf(flags);
@@ -175,12 +173,22 @@ export const generateCommand = defineCommand({
     try {
       io.err(`loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${info.name}`);
       const pixels = readImage(image);
-      // the whole sequence: <bos>, the prompt and at most --max-new-tokens more, within --max-length
-      const budget = 1 + lm.tokenizer.encode(prompt).length + flags['max-new-tokens'];
-      const maxLength = Math.min(budget, flags['max-length'] ?? budget);
-      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, { maxLength, sampler, seed: flags.seed, stripPrompt: true });
-      io.out(out.texts[0]);
+      // streamed piece by piece where the output takes partial lines (a terminal), else printed whole
+      const write = io.write?.bind(io);
+      const out = await generateText(lm, { images: [pixels], prompts: [prompt] }, {
+        maxNewTokens: flags['max-new-tokens'],
+        maxLength: flags['max-length'],
+        sampler,
+        seed: flags.seed,
+        stripPrompt: true,
+        onToken: write ? ({ piece }) => write(piece) : undefined,
+      });
+      if (write) write('\n');
+      else io.out(out.texts[0]);
       if (/^detect\b/.test(prompt)) printDetections(io, out.texts[0], pixels);
+      const reason = out.finishReasons[0];
+      const budget = flags['max-length'] === undefined ? `--max-new-tokens ${flags['max-new-tokens']}` : `--max-new-tokens ${flags['max-new-tokens']} or --max-length ${flags['max-length']}`;
+      io.err(`finish: ${reason} (${reason === 'stop' ? 'a stop token: <eos>' : `the token budget: ${budget}`})`);
       io.err(`${out.generatedTokens} tokens in ${out.seconds.toFixed(2)} s: ${(out.generatedTokens / out.seconds).toFixed(1)} tokens/s (${info.name}, prefill included)`);
     } finally {
       d.disposeTree(lm.params);

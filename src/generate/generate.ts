@@ -46,7 +46,9 @@ import * as d from '../../dsl';
 import type { Key, Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
-import { decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../../models/paligemma';
+import { checkTokenIds, decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../../models/paligemma';
+import type { PaliGemmaConfig } from '../../models/config';
+import { assertFitsBackend, formatBytes, maxTensorBytes } from '../runtime/backend';
 import type { Images } from '../../models/siglip';
 
 // -------------------------------------------------------------------------------------------------
@@ -299,6 +301,49 @@ export function decodeStep(
 // generate
 // -------------------------------------------------------------------------------------------------
 
+/**
+ * Positions the decoder takes, image + text: Gemma's and Gemma 2's max_position_embeddings (8192, as in
+ * Hugging Face's PaliGemma text configs; keras_hub's config does not state it, and RoPE would run past it
+ * untrained). Gemma 2's sliding window (4096) limits what a layer sees, not the length.
+ */
+export const MAX_POSITIONS = 8192;
+
+/**
+ * Bytes of tensors a generate call holds at its peak: two copies of the KV cache (a step's new cache
+ * before the old one is freed), the prefill's attention logits, probabilities and mask, and the logits.
+ */
+export function generationBytes(c: PaliGemmaConfig, batch: number, maxLength: number, promptWidth = maxLength): { cache: number; prefill: number; total: number } {
+  const n = imageSequenceLength(c);
+  const keys = n + maxLength;
+  const cache = 2 * c.num_layers * batch * keys * c.num_key_value_heads * c.head_dim * 4;
+  const prefill = 3 * batch * c.num_query_heads * (n + promptWidth) ** 2 * 4;
+  return { cache, prefill, total: 2 * cache + prefill + 2 * batch * c.vocabulary_size * 4 };
+}
+
+/**
+ * Refuses, before anything is allocated, a buffer the model cannot take: maxLength must be a positive
+ * integer, image + text positions at most MAX_POSITIONS, and the tensors (generationBytes) must fit the
+ * backend (the wasm heap line, WebGPU's largest buffer binding).
+ */
+export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLength: number, who: string, promptWidth = maxLength): void {
+  if (!Number.isInteger(maxLength) || maxLength < 1) throw new Error(`${who}: maxLength must be a positive integer, got ${maxLength}`);
+  const n = imageSequenceLength(c);
+  if (n + maxLength > MAX_POSITIONS) {
+    throw new Error(
+      `${who}: maxLength ${maxLength} with ${n} image tokens needs ${n + maxLength} positions; the model takes at most ${MAX_POSITIONS} ` +
+        `(Gemma's max_position_embeddings), so maxLength can be at most ${MAX_POSITIONS - n}`,
+    );
+  }
+  const bytes = generationBytes(c, batch, maxLength, promptWidth);
+  const layerCache = bytes.cache / (2 * c.num_layers);
+  const attention = bytes.prefill / 3;
+  const biggest = Math.max(layerCache, attention);
+  if (biggest > maxTensorBytes()) {
+    throw new Error(`${who}: maxLength ${maxLength} for ${batch} row(s) needs a ${formatBytes(biggest)} tensor; one buffer holds at most ${formatBytes(maxTensorBytes())} on this backend`);
+  }
+  assertFitsBackend(bytes.total, `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`);
+}
+
 /** Rows of a [batch, seq] int tensor or of plain arrays. */
 type Rows = Named<readonly ['batch', 'seq']> | readonly ArrayLike<number>[];
 
@@ -311,9 +356,32 @@ export interface GenerateInputs {
   readonly paddingMask: Rows;
 }
 
+/** Why a row ended: `'stop'` it generated a stop token; `'length'` it used its budget (buffer or maxNewTokens). */
+export type FinishReason = 'stop' | 'length';
+
+/** One generated token, streamed as soon as its step is sampled (before the next step runs). */
+export interface TokenEvent {
+  readonly row: number;
+  readonly token: number;
+  /** Text position of the token (row r's first generated token is at P_r). */
+  readonly position: number;
+  /** Sampling step (0 = from the prefill). */
+  readonly step: number;
+  /** Set on the row's last token: why the row ends there. */
+  readonly finish?: FinishReason;
+}
+
 export interface GenerateOptions {
-  /** Buffer length T (prompt + generated tokens). Default: the width of `tokenIds`. */
+  /** Buffer length T (prompt + generated tokens, keras_hub's max_length). Default: the width of `tokenIds`. */
   readonly maxLength?: number;
+  /** Generated tokens per row at most (prompt not counted); the buffer (maxLength) bounds it too. */
+  readonly maxNewTokens?: number;
+  /**
+   * Streaming: called once per kept token, in step order and within a step in row order, through a row's
+   * stop token (inclusive) or its last budgeted token; never after a row finished. Awaited when it returns
+   * a promise (tensors are not held across it beyond the cache).
+   */
+  readonly onToken?: (event: TokenEvent) => void | Promise<void>;
   /** Default greedy. */
   readonly sampler?: Sampler;
   /** A row stops after generating one of these (none: generate until the buffer is full). */
@@ -339,6 +407,10 @@ export interface GenerateOutput {
   readonly promptLengths: number[];
   /** Sampling steps run (the prefill's counts as step 0). */
   readonly steps: number;
+  /** Per row: `'stop'` (generated a stop id) or `'length'` (buffer full or maxNewTokens reached). */
+  readonly finishReasons: FinishReason[];
+  /** Per row: tokens the output keeps (through the stop token inclusive, or the whole budget). */
+  readonly generatedLengths: number[];
   /** [batch][step] -> float32 [vocab]: the logits that sampled text position P_r + step. */
   readonly logits?: Float32Array[][];
   /** [batch][step]: the sampler's choices. */
@@ -382,8 +454,14 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const ids = await readRows(inputs.tokenIds, 'tokenIds');
   const width = ids[0]?.length ?? 0;
   const length = options.maxLength ?? width;
-  if (!Number.isInteger(length) || length < 1) throw new Error(`generate: maxLength must be a positive integer, got ${length}`);
+  checkGenerationBounds(c, ids.length, length, 'generate');
   const plen = promptLengthsOf(await readRows(inputs.paddingMask, 'paddingMask'), ids, length);
+  checkGenerationBounds(c, ids.length, length, 'generate', Math.max(...plen));
+  checkTokenIds(c, ids, plen, 'generate');
+  const budget = options.maxNewTokens ?? Infinity;
+  if (options.maxNewTokens !== undefined && (!Number.isInteger(budget) || budget < 1)) {
+    throw new Error(`generate: maxNewTokens must be a positive integer, got ${options.maxNewTokens}`);
+  }
   const batch = plen.length;
   if (inputs.images.shape[0] !== batch) throw new Error(`generate: images has ${inputs.images.shape[0]} rows but tokenIds has ${batch}`);
   const stops = new Set<number>();
@@ -409,7 +487,9 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const firstStop: number[] = plen.map(() => -1);
   const logits: Float32Array[][] | undefined = options.returnLogits ? plen.map(() => []) : undefined;
   const choices: Choice[][] | undefined = options.returnChoices ? plen.map(() => []) : undefined;
-  const isActive = (r: number, step: number) => plen[r] + step < length; // row r samples position P_r + step
+  // row r samples position P_r + step while it has room in the buffer and in its new-token budget
+  const isActive = (r: number, step: number) => plen[r] + step < length && step < budget;
+  const finished: (FinishReason | undefined)[] = plen.map(() => undefined);
 
   let state = prefill(p, inputs.images, tokens, plen, length, options.compat);
   let step = 0;
@@ -426,6 +506,11 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
         if (firstStop[r] < 0 && stops.has(choice.token)) firstStop[r] = pos;
         logits?.[r].push(Float32Array.from(row));
         choices?.[r].push(choice);
+        if (finished[r] === undefined) {
+          if (firstStop[r] === pos) finished[r] = 'stop';
+          else if (!isActive(r, step + 1)) finished[r] = 'length';
+          await options.onToken?.({ row: r, token: choice.token, position: pos, step, ...(finished[r] ? { finish: finished[r] } : {}) });
+        }
       }
       step++;
       if (plen.every((_, r) => firstStop[r] >= 0 || !isActive(r, step))) break;
@@ -441,12 +526,19 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
     disposeState(state);
   }
 
-  const paddingMask = tokens.map((_, r) => {
-    const m = new Uint8Array(length).fill(1);
-    if (stops.size > 0 && firstStop[r] >= 0) m.fill(0, firstStop[r] + 1);
-    return m;
-  });
-  return { tokenIds: tokens, paddingMask, promptLengths: plen, steps: step, ...(logits ? { logits } : {}), ...(choices ? { choices } : {}) };
+  // keras' mask: true through the first generated stop; past a maxNewTokens budget (not keras) false too
+  const ends = plen.map((len, r) => (firstStop[r] >= 0 ? firstStop[r] + 1 : Math.min(length, len + budget)));
+  const paddingMask = tokens.map((_, r) => new Uint8Array(length).fill(1).fill(0, ends[r]));
+  return {
+    tokenIds: tokens,
+    paddingMask,
+    promptLengths: plen,
+    steps: step,
+    finishReasons: finished.map((f) => f ?? 'length'),
+    generatedLengths: ends.map((e, r) => e - plen[r]),
+    ...(logits ? { logits } : {}),
+    ...(choices ? { choices } : {}),
+  };
 }
 
 function disposeState(s: StepOutput): void {
