@@ -15,7 +15,7 @@
  */
 import * as t from 'io-ts';
 import { isLeft } from 'fp-ts/Either';
-import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../models/config';
+import { CONFIG_DEFAULTS, configProblems, type PaliGemmaConfig, type VitPooling } from '../models/config';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Failures that say what was expected and what was there
@@ -338,6 +338,9 @@ export function decodeConfig(json: unknown, source = 'config.json'): PaliGemmaCo
   const codec = isRecord(json) && 'class_name' in json ? PaliGemmaBackboneJson : PaliGemmaArguments;
   const result = codec.decode(json);
   if (isLeft(result)) throw new Error(formatErrors(source, result.left).join('\n'));
+  // the fields decode one by one; whether they fit together (patch divides image, ...) is checked here
+  const problems = configProblems(result.right);
+  if (problems.length > 0) throw new Error(problems.map((p) => `${source}: ${p}`).join('\n'));
   return result.right;
 }
 

@@ -10,7 +10,7 @@
  */
 import * as d from '../dsl';
 import type { Key } from '../dsl';
-import type { PaliGemmaConfig } from '../models/config';
+import { validateConfig, type PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { buildTree, kerasLayout, skeleton, type WeightSpec } from './params';
 
@@ -42,6 +42,7 @@ export function initialValues(s: WeightSpec, k: Key): Float32Array {
 
 /** Fresh params for a config, as keras_hub would initialise them (distributions, not bits). */
 export function initParams(config: PaliGemmaConfig, k: Key): PaliGemmaParams {
+  validateConfig(config); // before kerasLayout computes shapes from it
   const specs = kerasLayout(config);
   const keys = new Map(specs.map((s, i) => [s.h5, d.foldIn(k, i)] as const));
   return buildTree<PaliGemmaParams>(specs, (s) => initialValues(s, keys.get(s.h5)!), skeleton(config));

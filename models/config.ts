@@ -60,3 +60,94 @@ export const CONFIG_DEFAULTS = {
 /** Number of image tokens the decoder sees: (S/p)^2, or 1 when the ViT pools. */
 export const imageSequenceLength = (c: PaliGemmaConfig): number =>
   c.vit_pooling === null ? (c.image_size / c.vit_patch_size) ** 2 : 1;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------------------------
+
+/** A config whose fields do not fit together; `problems` lists each one, naming the fields and their values. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly problems: readonly string[],
+    where = 'config',
+  ) {
+    super(`invalid PaliGemma ${where}: ${problems.join('; ')}`);
+  }
+}
+
+type Fields = Partial<Record<keyof PaliGemmaConfig, unknown>>;
+
+const isCount = (v: unknown, least: number): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= least;
+const show = (v: unknown): string => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+
+function counts(c: Fields, fields: ReadonlyArray<readonly [keyof PaliGemmaConfig, number]>, problems: string[]): void {
+  for (const [f, least] of fields) {
+    if (!isCount(c[f], least)) problems.push(`${f} must be an integer >= ${least}, got ${show(c[f])}`);
+  }
+}
+
+/** What is wrong with the image encoder's fields (empty when nothing is): what `vit` needs. */
+export function vitConfigProblems(c: Fields): string[] {
+  const problems: string[] = [];
+  counts(c, [['image_size', 1], ['vit_patch_size', 1], ['vit_num_heads', 1], ['vit_hidden_dim', 1], ['vit_num_layers', 0], ['vit_intermediate_dim', 1]], problems);
+  const { image_size: S, vit_patch_size: p, vit_hidden_dim: Dv, vit_num_heads: Hv } = c;
+  // the ViT cuts the image into p x p patches: (S/p)^2 of them, one position embedding each
+  if (isCount(S, 1) && isCount(p, 1) && S % p !== 0) problems.push(`image_size ${S} is not a multiple of vit_patch_size ${p}: the image is cut into vit_patch_size squares`);
+  if (isCount(Dv, 1) && isCount(Hv, 1) && Dv % Hv !== 0) problems.push(`vit_hidden_dim ${Dv} is not a multiple of vit_num_heads ${Hv}: each head gets vit_hidden_dim / vit_num_heads features`);
+  if (![null, 'map', 'gap', 'zero'].includes(c.vit_pooling as VitPooling)) problems.push(`vit_pooling must be null, "map", "gap" or "zero", got ${show(c.vit_pooling)}`);
+  if (![null, 'gelu', 'gelu_approximate', 'tanh', 'relu'].includes(c.vit_classifier_activation as null)) {
+    problems.push(`vit_classifier_activation must be null, "gelu", "gelu_approximate", "tanh" or "relu", got ${show(c.vit_classifier_activation)}`);
+  }
+  return problems;
+}
+
+/** Gemma's special ids: pad 0, eos 1, bos 2 (src/preprocess/packing.ts); the vocabulary must hold them. */
+const LARGEST_SPECIAL_ID = 2;
+
+/** What is wrong with a config (empty when nothing is): every field's type and range, and the cross-field rules. */
+export function configProblems(c: Fields): string[] {
+  const problems = vitConfigProblems(c);
+  counts(c, [['vocabulary_size', 1], ['num_layers', 1], ['num_query_heads', 1], ['num_key_value_heads', 1], ['hidden_dim', 1], ['intermediate_dim', 2], ['head_dim', 2]], problems);
+  const { vocabulary_size: V, num_query_heads: H, num_key_value_heads: K, intermediate_dim: F, head_dim: Dh } = c;
+  if (isCount(V, 1) && V <= LARGEST_SPECIAL_ID) problems.push(`vocabulary_size ${V} cannot hold Gemma's special ids (pad 0, eos 1, bos 2): it must be > ${LARGEST_SPECIAL_ID}`);
+  if (isCount(H, 1) && isCount(K, 1) && H % K !== 0) problems.push(`num_query_heads ${H} is not a multiple of num_key_value_heads ${K}: each key/value head serves num_query_heads / num_key_value_heads query heads`);
+  // keras_hub's intermediate_dim is twice each FFN gate's width
+  if (isCount(F, 2) && F % 2 !== 0) problems.push(`intermediate_dim ${F} is odd: it is twice the FFN width (keras_hub's convention), so it must be even`);
+  // RoPE rotates head_dim in two halves
+  if (isCount(Dh, 2) && Dh % 2 !== 0) problems.push(`head_dim ${Dh} is odd: RoPE rotates the two halves of each head, so it must be even`);
+  if (c.use_sliding_window_attention === true && !isCount(c.sliding_window_size, 1)) {
+    problems.push(`sliding_window_size must be an integer >= 1 when use_sliding_window_attention is true, got ${show(c.sliding_window_size)}`);
+  }
+  for (const f of ['attention_logit_soft_cap', 'final_logit_soft_cap'] as const) {
+    const v = c[f];
+    if (v !== null && !(typeof v === 'number' && Number.isFinite(v) && v > 0)) problems.push(`${f} must be null or a number > 0, got ${show(v)}`);
+  }
+  const eps = c.layer_norm_epsilon;
+  if (!(typeof eps === 'number' && Number.isFinite(eps) && eps > 0)) problems.push(`layer_norm_epsilon must be a number > 0, got ${show(eps)}`);
+  const p = c.dropout;
+  if (!(typeof p === 'number' && p >= 0 && p < 1)) problems.push(`dropout must be a number in [0, 1), got ${show(p)}`);
+  for (const f of ['query_head_dim_normalize', 'use_post_ffw_norm', 'use_post_attention_norm', 'use_sliding_window_attention'] as const) {
+    if (typeof c[f] !== 'boolean') problems.push(`${f} must be true or false, got ${show(c[f])}`);
+  }
+  return problems;
+}
+
+/**
+ * Throws a ConfigError listing every problem of the config, or returns it unchanged. The model entry points
+ * call it, so a bad config fails here, naming the fields, rather than deep inside tfjs
+ * (`Tensor must have a shape comprised of positive integers but got shape [14.0625,16]`).
+ */
+export function validateConfig<C extends PaliGemmaConfig>(c: C, where = 'config'): C {
+  const problems = configProblems(c);
+  if (problems.length > 0) throw new ConfigError(problems, where);
+  return c;
+}
+
+
+/** `validateConfig` for the image encoder's fields only (a standalone ViT has no decoder). */
+export function validateVitConfig<C extends Fields>(c: C, where = 'ViT config'): C {
+  const problems = vitConfigProblems(c);
+  if (problems.length > 0) throw new ConfigError(problems, where);
+  return c;
+}

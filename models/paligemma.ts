@@ -13,7 +13,7 @@
 import { tf } from '../dsl/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
-import { imageSequenceLength, type PaliGemmaConfig } from './config';
+import { imageSequenceLength, validateConfig, type PaliGemmaConfig } from './config';
 import { decoderBlock, isSlidingLayer, type DecoderBlockParams, type Hidden, type KV, type RmsNormParams } from './gemma';
 import { vit, type Images, type VitParams } from './siglip';
 
@@ -141,6 +141,7 @@ export function checkTokenIds(c: PaliGemmaConfig, rows: readonly ArrayLike<numbe
 }
 
 export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
+  validateConfig(c);
   const [b, t] = x.token_ids.shape;
   const expect = (name: string, got: readonly number[], want: readonly number[]) => {
     if (got.length !== want.length || got.some((g, i) => g !== want[i])) {
@@ -160,6 +161,7 @@ export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
 
 /** Image and scaled text embeddings, concatenated: [batch, N + T, embed]. */
 export function embedInputs(p: PaliGemmaParams, x: BackboneInputs, debug?: BackboneOptions['debug']): Hidden {
+  validateConfig(p.config);
   return d.scoped(() => {
     const c = p.config;
     const image = d.rename(vit(p.vit, c, x.images, debug), 'patches', 'seq');

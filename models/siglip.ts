@@ -12,7 +12,7 @@
 import * as d from '../dsl';
 import type { Named } from '../dsl';
 import type { Without } from '../dsl/types';
-import type { PaliGemmaConfig } from './config';
+import { validateVitConfig, type PaliGemmaConfig } from './config';
 
 // -------------------------------------------------------------------------------------------------
 // params (leaf names follow keras_hub's variables)
@@ -172,6 +172,7 @@ export function pool(p: VitParams, c: VitConfig, x: Tokens): Tokens | Named<read
 
 /** The image tokens the decoder sees: [batch, patches, embed] (patches = 1 when pooled). */
 export function vit(p: VitParams, c: VitConfig, images: Images, debug?: (name: string, x: Named) => void): Named<readonly ['batch', 'patches', 'embed']> {
+  validateVitConfig(c);
   return d.scoped(() => {
     const encoded = encode(p, c, images);
     debug?.('vit_encoder_output', encoded);

@@ -157,7 +157,16 @@ const arbitraryConfig: fc.Arbitrary<PaliGemmaConfig> = fc.record({
   layer_norm_epsilon: positiveReal,
   dropout: fc.double({ min: 0, max: 0.99, noNaN: true }).map((x) => x + 0),
   dtype: fc.constantFrom('float16', 'float32', 'float64', 'bfloat16', 'mixed_float16', 'mixed_bfloat16'),
-});
+}).map((r) => ({
+  // the cross-field rules decodeConfig checks (models/config.ts: validateConfig), made true by construction
+  ...r,
+  vocabulary_size: r.vocabulary_size + 2, // room for pad, eos and bos
+  image_size: r.vit_patch_size * r.image_size, // a whole number of patches
+  num_query_heads: r.num_key_value_heads * r.num_query_heads, // whole groups
+  intermediate_dim: 2 * r.intermediate_dim, // twice the FFN width
+  head_dim: 2 * r.head_dim, // RoPE halves
+  vit_hidden_dim: r.vit_num_heads * r.vit_hidden_dim, // whole ViT heads
+}));
 
 test('decode(encode(config)) is the identity, through JSON text', (t) => {
   fc.assert(

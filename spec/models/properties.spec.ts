@@ -1,6 +1,7 @@
 /**
- * Properties of the backbone over random tiny configs (fast-check, dims <= 8): shapes, the prefix-LM mask
- * against its literal formula, memory neutrality, batch independence and padding invariance.
+ * Properties of the backbone over random tiny configs (fast-check, dims <= 8, from the testing kit
+ * src/testing: PaliGemma 1 and 2 shapes, every pooling, MHA/GQA/MQA): shapes, the prefix-LM mask against its
+ * literal formula, memory neutrality, batch independence and padding invariance; the kit's own promises.
  */
 import fc from 'fast-check';
 import { tf } from '../../dsl/tf';
@@ -10,90 +11,18 @@ import { backbone, logits, prefixLmMask, type BackboneInputs } from '../../model
 import { initParams } from '../../checkpoints/init';
 import { parameterCount } from '../../checkpoints/params';
 import { backendTest, test } from '../helpers/backends';
-import { assertClose, seeded } from '../helpers/numeric';
-
-const configArb: fc.Arbitrary<PaliGemmaConfig> = fc
-  .record({
-    vocabulary_size: fc.integer({ min: 4, max: 8 }),
-    patch: fc.constantFrom(2, 4),
-    grid: fc.integer({ min: 1, max: 2 }),
-    num_layers: fc.integer({ min: 1, max: 2 }),
-    kv: fc.integer({ min: 1, max: 2 }),
-    groups: fc.integer({ min: 1, max: 2 }),
-    hidden_dim: fc.constantFrom(4, 8),
-    ffw: fc.integer({ min: 1, max: 4 }),
-    head_dim: fc.constantFrom(2, 4),
-    vit_num_heads: fc.constantFrom(1, 2),
-    vit_num_layers: fc.integer({ min: 0, max: 1 }),
-    vit_pooling: fc.constantFrom(null, 'map' as const, 'gap' as const, 'zero' as const),
-    gemma2: fc.boolean(),
-    query_head_dim_normalize: fc.boolean(),
-    window: fc.integer({ min: 1, max: 6 }),
-  })
-  .map((r) => ({
-    ...CONFIG_DEFAULTS,
-    vocabulary_size: r.vocabulary_size,
-    image_size: r.patch * r.grid,
-    num_layers: r.num_layers,
-    num_query_heads: r.kv * r.groups,
-    num_key_value_heads: r.kv,
-    hidden_dim: r.hidden_dim,
-    intermediate_dim: 2 * r.ffw,
-    head_dim: r.head_dim,
-    vit_patch_size: r.patch,
-    vit_num_heads: r.vit_num_heads,
-    vit_hidden_dim: 4,
-    vit_num_layers: r.vit_num_layers,
-    vit_intermediate_dim: 6,
-    vit_pooling: r.vit_pooling,
-    query_head_dim_normalize: r.query_head_dim_normalize,
-    use_post_attention_norm: r.gemma2,
-    use_post_ffw_norm: r.gemma2,
-    attention_logit_soft_cap: r.gemma2 ? 5 : null,
-    final_logit_soft_cap: r.gemma2 ? 3 : null,
-    use_sliding_window_attention: r.gemma2,
-    sliding_window_size: r.window,
-  }));
-
-/** Rows of masks: prompt length p, response length r, then padding, for text length T. */
-const rowsArb = (batch: number, T: number) =>
-  fc.array(fc.tuple(fc.integer({ min: 0, max: T }), fc.integer({ min: 0, max: T })), { minLength: batch, maxLength: batch }).map((rows) =>
-    rows.map(([p, r]) => {
-      const prompt = Math.min(p, T);
-      const resp = Math.min(r, T - prompt);
-      return { prompt, resp };
-    }),
-  );
-
-function makeInputs(c: PaliGemmaConfig, rows: Array<{ prompt: number; resp: number }>, T: number, seed: number, ids?: Int32Array): BackboneInputs {
-  const B = rows.length;
-  const tok = ids ?? Int32Array.from(seeded(B * T, seed), (v) => Math.floor(((v + 1) / 2) * c.vocabulary_size) % c.vocabulary_size);
-  const pad = new Int32Array(B * T);
-  const resp = new Int32Array(B * T);
-  rows.forEach(({ prompt, resp: r }, b) => {
-    for (let t = 0; t < T; t++) {
-      pad[b * T + t] = t < prompt + r ? 1 : 0;
-      resp[b * T + t] = t >= prompt && t < prompt + r ? 1 : 0;
-    }
-  });
-  const S = c.image_size;
-  return {
-    images: d.named(tf.tensor(seeded(B * S * S * 3, seed + 1), [B, S, S, 3]), ['batch', 'height', 'width', 'channels'] as const),
-    token_ids: d.named(tf.tensor(tok, [B, T], 'int32'), ['batch', 'seq'] as const),
-    padding_mask: d.named(tf.tensor(pad, [B, T], 'int32'), ['batch', 'seq'] as const),
-    response_mask: d.named(tf.tensor(resp, [B, T], 'int32'), ['batch', 'seq'] as const),
-  };
-}
+import { assertClose } from '../helpers/numeric';
+import { configs, maskRows, randomInputs } from '../../src/testing';
 
 const disposeInputs = (x: BackboneInputs) => tf.dispose(d.collectTensors(x));
 
 backendTest('shapes, memory neutrality, batch independence and padding invariance (fast-check)', async (t) => {
   await fc.assert(
-    fc.asyncProperty(configArb, fc.integer({ min: 1, max: 5 }), fc.integer({ min: 0, max: 1000 }), async (c, T, seed) => {
-      const rowsOf = await fc.sample(rowsArb(2, T), { seed, numRuns: 1 })[0];
+    fc.asyncProperty(configs(), fc.integer({ min: 1, max: 5 }), fc.integer({ min: 0, max: 1000 }), async (c, T, seed) => {
+      const rowsOf = fc.sample(maskRows(2, T), { seed, numRuns: 1 })[0];
       const params = initParams(c, d.key(seed));
       const n = imageSequenceLength(c);
-      const inputs = makeInputs(c, rowsOf, T, seed);
+      const inputs = randomInputs(c, 2, T, { rows: rowsOf, seed });
       const before = tf.memory().numTensors;
       const seq = backbone(params, inputs);
       const lg = logits(params, seq);
@@ -103,7 +32,7 @@ backendTest('shapes, memory neutrality, batch independence and padding invarianc
       const all = await seq.tensor.data();
 
       // batch independence: row 1 alone gives row 1 of the batch
-      const alone = makeInputs(c, [rowsOf[1]], T, seed, Int32Array.from((await inputs.token_ids.tensor.data()).slice(T)));
+      const alone = randomInputs(c, 1, T, { rows: [rowsOf[1]], seed, tokenIds: (await inputs.token_ids.tensor.data()).slice(T) });
       const imgRow = tf.slice(inputs.images.tensor, [1, 0, 0, 0], [1, -1, -1, -1]);
       const aloneInputs = { ...alone, images: d.named(imgRow, ['batch', 'height', 'width', 'channels'] as const) };
       const seqAlone = backbone(params, aloneInputs);
@@ -133,9 +62,9 @@ backendTest('shapes, memory neutrality, batch independence and padding invarianc
 test('the prefix-LM mask equals its literal formula, with and without a sliding window (fast-check)', async (t) => {
   await fc.assert(
     fc.asyncProperty(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 0, max: 3 }), fc.option(fc.integer({ min: 1, max: 5 }), { nil: undefined }), fc.integer(), async (T, N, window, seed) => {
-      const rowsOf = fc.sample(rowsArb(2, T), { seed, numRuns: 1 })[0];
-      const pad: number[][] = rowsOf.map(({ prompt, resp }) => Array.from({ length: T }, (_, i) => (i < prompt + resp ? 1 : 0)));
-      const resp: number[][] = rowsOf.map(({ prompt, resp: r }) => Array.from({ length: T }, (_, i) => (i >= prompt && i < prompt + r ? 1 : 0)));
+      const rowsOf = fc.sample(maskRows(2, T), { seed, numRuns: 1 })[0];
+      const pad: number[][] = rowsOf.map(({ prompt, response: resp }) => Array.from({ length: T }, (_, i) => (i < prompt + resp ? 1 : 0)));
+      const resp: number[][] = rowsOf.map(({ prompt, response: r }) => Array.from({ length: T }, (_, i) => (i >= prompt && i < prompt + r ? 1 : 0)));
       const m = prefixLmMask(
         d.named(tf.tensor2d(pad, undefined, 'int32'), ['batch', 'seq'] as const),
         d.named(tf.tensor2d(resp, undefined, 'int32'), ['batch', 'seq'] as const),
