@@ -39,6 +39,38 @@ export class Named<A extends Axes = Axes> {
   dispose(): void {
     this.tensor.dispose();
   }
+
+  /** `Named<[batch=2, seq=8, embed=32]> float32`: the header `inspect` prints, without values. */
+  toString(): string {
+    return `Named<${describe(this)}> ${this.tensor.dtype}${this.tensor.isDisposed ? ' (disposed)' : ''}`;
+  }
+
+  /**
+   * How Node's console.log, util.inspect and tslab print a named tensor: the header and its first values.
+   * Keyed by the global symbol Node looks up, so no node:util import (the bundle must still load in a browser).
+   */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return `${this.toString()}${this.tensor.isDisposed ? '' : ` ${preview(this.tensor)}`}`;
+  }
+}
+
+/** Values shown by `inspect`: the first few, then how many more. */
+const PREVIEW = 6;
+
+/** `[0.1235, -0.5, 3, ... 506 more]` of the flattened values, or why there are none (webgpu reads async only). */
+function preview(t: tf.Tensor): string {
+  let values: ArrayLike<number | string | Uint8Array>;
+  try {
+    values = t.dataSync() as ArrayLike<number>;
+  } catch {
+    return `(values: await x.tensor.data() on ${tf.getBackend()})`;
+  }
+  const shown = Array.from({ length: Math.min(PREVIEW, values.length) }, (_, i) => {
+    const v = values[i];
+    return typeof v === 'number' ? String(Number.isInteger(v) ? v : Number(v.toPrecision(4))) : String(v);
+  });
+  const more = values.length - shown.length;
+  return `[${shown.join(', ')}${more > 0 ? `, ... ${more} more` : ''}]`;
 }
 
 /** `[batch=2, seq=5]`: axes with sizes, for error messages. */

@@ -33,3 +33,7 @@ export * from './generate/generate';
 export * from './generate/causal_lm';
 export * from './train/step';
 export { computeFixture, readManifest, readBin, writeComputed } from './cli/fixture';
+
+// notebooks: parameter tables and detection drawings (named tensors print themselves: dsl/named.ts)
+export * from './notebook/summary';
+export * from './notebook/draw';
