@@ -2,14 +2,14 @@
  * The research notebook (notebooks/paligemma.ipynb) runs headless in the tslab TypeScript kernel, as CI runs
  * it: `jupyter nbconvert --execute` (Debian's jupyter-nbconvert and jupyter-client) on the built package.
  *
- * The kernelspec goes into a temporary Jupyter directory, never the user's: JUPYTER_PATH finds it there, and
- * the data, config and runtime (connection files) directories point into the same temporary folder. We write
- * the kernel.json that `tslab install` writes rather than running it: its installer imports IPython, which
- * Debian's Jupyter packages do not pull in.
+ * The kernel is registered by the README's step, `node scripts/install-kernel.mjs` (`jupyter kernelspec
+ * install`; `tslab install` needs IPython in the python3 on the PATH, which Debian's Jupyter lacks), into a
+ * temporary Jupyter directory, never the user's: the data, config and runtime (connection files) directories
+ * all point into the same temporary folder.
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
@@ -17,7 +17,6 @@ import { webgpuAvailable } from './helpers/backends';
 
 const root = join(__dirname, '..', '..');
 const notebook = join(root, 'notebooks', 'paligemma.ipynb');
-const tslabBin = join(root, 'node_modules', 'tslab', 'bin', 'tslab');
 const installHint = 'apt-get install -y jupyter-nbconvert jupyter-client';
 
 interface Output {
@@ -107,22 +106,18 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
 
   const tmp = mkdtempSync(join(tmpdir(), 'paligemma-notebook-'));
   t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
-  mkdirSync(join(tmp, 'kernels', 'tslab'), { recursive: true });
-  writeFileSync(
-    join(tmp, 'kernels', 'tslab', 'kernel.json'),
-    JSON.stringify({
-      argv: [process.execPath, tslabBin, 'kernel', '--config-path', '{connection_file}'],
-      display_name: 'TypeScript',
-      language: 'typescript',
-    }),
-  );
   const env = {
     ...process.env,
-    JUPYTER_PATH: tmp,
+    JUPYTER_PATH: join(tmp, 'data'),
     JUPYTER_DATA_DIR: join(tmp, 'data'),
     JUPYTER_CONFIG_DIR: join(tmp, 'config'),
     JUPYTER_RUNTIME_DIR: join(tmp, 'runtime'),
   };
+  // the README's step, as written: registers the kernel (here under the temporary JUPYTER_DATA_DIR)
+  const install = await run(process.execPath, [join(root, 'scripts', 'install-kernel.mjs')], env);
+  t.is(install.code, 0, install.stderr);
+  const spec = JSON.parse(readFileSync(join(tmp, 'data', 'kernels', 'tslab', 'kernel.json'), 'utf8'));
+  t.deepEqual(spec.argv.slice(2), ['kernel', '--config-path', '{connection_file}']);
   const started = Date.now();
   writeFileSync(join(tmp, 'report.py'), reportConfig);
   const args = ['nbconvert', '--to', 'notebook', '--execute', '--ExecutePreprocessor.timeout=300', '--ExecutePreprocessor.kernel_name=tslab'];
@@ -149,8 +144,16 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
   for (const name of expected) t.true(stdout.includes(`${name}: sum over embed of [batch=2, embed=3] = [batch=2] [ 3, 3 ]`), name);
 
   // (b), (c) the input picture (the file itself) and the mask
+  // named tensors print themselves; the shipped preset by name, its summary; a bad config refused by name
+  t.true(stdout.includes('Named<[batch=2, seq=3, embed=4]> float32 [0, 1, 2, 3, 4, 5, ... 18 more]\n'));
+  t.true(stdout.includes('sum over embed: Named<[batch=2, seq=3]> float32\n'));
+  t.regex(stdout, /^layers\.0-2 +3 x 9,344  pre_attention_norm\.scale \[embed=32\]$/m);
+  t.regex(stdout, /^token_embedding +75,264  shard 0 \[vocab=2352, embed=32\]$/m);
+  t.regex(stdout, /^total +107,168  \(0\.4 MiB as float32\)$/m);
+  t.true(stdout.includes('invalid PaliGemma config: image_size 225 is not a multiple of vit_patch_size 16: the image is cut into vit_patch_size squares\n'));
+
   const pngs = outputs.filter((o) => o.output_type === 'display_data' && o.data?.['image/png'] != null);
-  t.is(pngs.length, 2);
+  t.is(pngs.length, 3);
   const bytes = pngs.map((o) => Buffer.from(joined(o.data!['image/png']), 'base64'));
   t.true(bytes[0].equals(readFileSync(join(root, 'checkpoints', 'tiny', 'cat.png'))));
   const mask = PNG.sync.read(bytes[1]);
@@ -166,4 +169,11 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
   t.regex(stdout, /^\d+ tokens in \d+\.\d+ s: \d+\.\d tokens\/s on (cpu|wasm|webgpu)$/m);
   t.true(stdout.includes('cat: locs 100,200,900,800 -> y 6.3..56.3, x 12.5..50.0 of 64x64'));
   t.true(stdout.includes('ball: locs 512,0,1023,300 -> y 32.0..63.9, x 0.0..18.8 of 64x64'));
+  t.regex(stdout, /^streamed (\d+) tokens, finish: (stop|length); the pieces add up: true$/m);
+  // (f) the boxes drawn: 4x the 64 px picture, the cat's top edge (y 6.25 -> 25) in the first colour
+  t.true(stdout.includes('drawn at 4x: cat rgb(234, 67, 53), ball rgb(66, 133, 244)\n'));
+  const drawn = PNG.sync.read(bytes[2]);
+  t.deepEqual([drawn.width, drawn.height], [256, 256]);
+  t.deepEqual(Array.from(drawn.data.subarray(4 * (25 * 256 + 100), 4 * (25 * 256 + 100) + 3)), [234, 67, 53]);
+  t.regex(stdout, /^0 tensors left$/m);
 });
