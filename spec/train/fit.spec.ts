@@ -22,7 +22,10 @@ test.before(async () => {
 
 const values = async (params: unknown): Promise<Float32Array[]> => Promise.all(d.leaves(params).map(async ([, x]) => Float32Array.from((await x.tensor.data()) as Float32Array)));
 
-test.serial('200 steps: the tensor count is flat from step to step; the loss falls; the result owns only its trained leaves', async (t) => {
+test.serial('200 steps: the tensor count is flat from step to step; the loss falls; the result owns only its trained leaves [wasm]', async (t) => {
+  // wasm: the same code as cpu at half the time per tiny step
+  await setBackend('wasm');
+  t.teardown(() => setBackend('cpu'));
   const dir = tempDir(t);
   const data = readJsonl(tinyJsonl(dir, 6));
   const lm = loadCausalLM(preset);

@@ -62,6 +62,19 @@ async function host(x: Named): Promise<TensorToWrite> {
 }
 
 /**
+ * Remove the temporary directories a killed writer left beside `dir` (`.<name>.tmp-<pid>.*` of another
+ * process: one run writes its checkpoint directory at a time).
+ */
+function removeStaleTemps(dir: string): void {
+  const parent = path.dirname(path.resolve(dir));
+  const prefix = `.${path.basename(path.resolve(dir))}.tmp-`;
+  if (!fs.existsSync(parent)) return;
+  for (const f of fs.readdirSync(parent)) {
+    if (f.startsWith(prefix) && !f.startsWith(`${prefix}${process.pid}.`)) fs.rmSync(path.join(parent, f), { recursive: true, force: true });
+  }
+}
+
+/**
  * Write a checkpoint to `dir`, replacing what is there as a whole. `trainable` is the flat record of
  * trainable leaves; `optimizerState` the optimizer's state for them. Reads tensors with `await data()`
  * (every backend). Memory-neutral.
@@ -79,6 +92,7 @@ export async function saveCheckpoint<H>(
   for (const [name, tree] of Object.entries(optimizerState.slots)) {
     for (const [p, x] of d.leaves(tree)) slots.push([`${name}/${p}`, await host(x)]);
   }
+  removeStaleTemps(dir);
   writeDirAtomic(dir, (tmp) => {
     writeSafetensors(path.join(tmp, TRAINABLE_FILE), params, { format: CHECKPOINT_FORMAT });
     writeSafetensors(path.join(tmp, OPTIMIZER_FILE), slots, { format: CHECKPOINT_FORMAT });
