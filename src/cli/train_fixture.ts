@@ -25,6 +25,8 @@ import { causalLmLoss } from '../train/loss';
 import { adam, adamw, disposeState, kerasVariableName as kerasName } from '../train/optim';
 import { selectTrainable, trainableOf, valueAndGradTrainable, withLeaves, type Trainable } from '../train/select';
 import type { Optimizer, TrainBatch } from '../train/api';
+import { adaptersOf, loraSpecs, loraTrainable, withAdapters } from '../train/lora';
+import { readLoraH5, writeLoraH5, type LoraFile } from '../../checkpoints/lora';
 import { fixtureInputs, readBin, type Manifest } from './fixture';
 
 export type Tensors = Map<string, { shape: number[]; data: Float32Array; keras_path?: string }>;
@@ -151,10 +153,45 @@ export async function trajectory(
   return { losses, firstGrads, params: withLeaves(params, current) };
 }
 
-/** traj_full / traj_adamw: full fine-tuning on the fixture's batch. */
+/** The fixture's `.lora.h5` (`lora.lora_file`, or `adapter.lora.h5`). */
+function loraFileOf(dir: string, m: Manifest): string {
+  const lora = m.lora as { lora_file?: string } | undefined;
+  return path.join(dir, lora?.lora_file ?? 'adapter.lora.h5');
+}
+
+/** lora_grad: forward, loss and trainable gradients of the preset with the fixture's adapter. */
+export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainComputed> {
+  const base = loadPreset(path.join(dir, 'preset'));
+  const params = withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config));
+  const specs = [...kerasLayout(params.config), ...loraSpecs(params)];
+  const batch = trainBatchOf(dir, m);
+  const compat = m.options?.compat;
+  const outputs: Tensors = new Map();
+  try {
+    const seq = backbone(params, batch, { compat });
+    const l = logits(params, seq);
+    outputs.set('sequence_output', { shape: [...seq.shape], data: Float32Array.from((await seq.tensor.data()) as Float32Array) });
+    outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
+    tf.dispose([seq.tensor, l.tensor]);
+    const trainable = trainableOf(params, loraTrainable(params));
+    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat, tableGrad: false }), params, trainable);
+    outputs.set('loss', { shape: [1], data: Float32Array.from((await value.data()) as Float32Array) });
+    const gradients = await toKeras(grads, specs);
+    tf.dispose([value, report!.correct, report!.weight]);
+    d.disposeTree(grads);
+    return { outputs, gradients };
+  } finally {
+    tf.dispose(d.collectTensors(batch));
+    d.disposeTree(params);
+  }
+}
+
+/** traj_full / traj_adamw: full fine-tuning on the fixture's batch; traj_lora: LoRA from the fixture's file. */
 export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemmaParams): Promise<TrainComputed> {
-  const params = own ?? loadPreset(path.join(dir, 'preset'));
-  const specs = kerasLayout(params.config);
+  const base = own ?? loadPreset(path.join(dir, 'preset'));
+  const lora = m.kind === 'traj_lora';
+  const params = lora ? withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config)) : base;
+  const specs = [...kerasLayout(params.config), ...(lora ? loraSpecs(params) : [])];
   const batch = trainBatchOf(dir, m);
   const kerasByPath = new Map<string, string>();
   for (const s of specs) {
@@ -164,8 +201,13 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
   try {
     const { optimizer, learningRate } = optimizerOf(dir, m, kerasByPath);
     const steps = (m.trajectory as { steps?: number } | undefined)?.steps ?? (m.outputs.losses?.shape[0] as number);
-    const trainable = selectTrainable(params);
-    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, true);
+    const trainable = lora ? loraTrainable(params) : selectTrainable(params);
+    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, !lora);
+    const files = new Map<string, (file: string) => void>();
+    if (lora) {
+      const saved: LoraFile = await adaptersOf(run.params);
+      files.set((m.lora as { lora_final_file?: string }).lora_final_file ?? 'lora_final.lora.h5', (file) => writeLoraH5(file, params.config, saved));
+    }
     const gradients = await toKeras(run.firstGrads, specs);
     const final = await toKeras(allLeaves(run.params), specs);
     const wanted = Object.keys((m.weights_final as Record<string, unknown>) ?? {});
@@ -173,10 +215,11 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
     d.disposeTree(run.firstGrads);
     const changed = trainableOf(run.params, trainable);
     for (const [p, x] of Object.entries(changed)) if (x !== trainableOf(params, [p])[p]) x.dispose();
-    return { outputs: new Map([['losses', { shape: [steps], data: Float32Array.from(run.losses) }]]), gradients, weights_final };
+    return { outputs: new Map([['losses', { shape: [steps], data: Float32Array.from(run.losses) }]]), gradients, weights_final, files };
   } finally {
     tf.dispose(d.collectTensors(batch));
-    if (!own) d.disposeTree(params);
+    if (lora) for (const [p, x] of d.leaves(params)) if (/lora_kernel_[ab]$/.test(p)) x.dispose();
+    if (!own) d.disposeTree(base);
   }
 }
 
