@@ -60,7 +60,7 @@ function tiny(): PaliGemmaParams {
 function inputs() {
   const dir = path.join(root, 'lora_forward_grad');
   const m = readManifest(dir);
-  const get = (k: string, dtype: 'float32' | 'int32') => tf.tensor(readBin(dir, m.inputs[k]) as Float32Array, m.inputs[k].shape, dtype);
+  const get = (k: string, dtype: 'float32' | 'int32') => tf.tensor(readBin(dir, m.inputs[k]) as Float32Array, [...m.inputs[k].shape], dtype);
   return {
     images: d.named(get('images', 'float32'), ['batch', 'height', 'width', 'channels'] as const),
     token_ids: d.named(get('token_ids', 'int32'), ['batch', 'seq'] as const),
