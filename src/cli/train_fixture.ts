@@ -25,7 +25,31 @@ import { causalLmLoss } from '../train/loss';
 import { adam, adamw, disposeState, kerasVariableName as kerasName } from '../train/optim';
 import { selectTrainable, trainableOf, valueAndGradTrainable, withLeaves, type Trainable } from '../train/select';
 import type { Optimizer, TrainBatch } from '../train/api';
+import { adaptersOf, loraSpecs, loraTrainable, withAdapters } from '../train/lora';
+import { readLoraH5, writeLoraH5, type LoraFile } from '../../checkpoints/lora';
 import { fixtureInputs, readBin, type Manifest } from './fixture';
+import { loadTokenizer } from '../text/tokenizer';
+import { packTrainingBatch, type SpecialIds } from '../preprocess/packing';
+import { convertImage, type RawImage } from '../preprocess/image';
+
+/** The manifest kinds `computeTrainFixture` runs. */
+export const TRAIN_KINDS = ['lora_grad', 'traj_full', 'traj_lora', 'traj_adamw', 'preprocess'] as const;
+
+/** Dispatch by `kind` (see the module comment). */
+export function computeTrainFixture(dir: string, m: Manifest): Promise<TrainComputed> {
+  switch (m.kind) {
+    case 'lora_grad':
+      return computeLoraGrad(dir, m);
+    case 'traj_full':
+    case 'traj_adamw':
+    case 'traj_lora':
+      return computeTrajectory(dir, m);
+    case 'preprocess':
+      return computePreprocess(dir, m);
+    default:
+      throw new Error(`${path.join(dir, 'manifest.json')}: kind ${JSON.stringify(m.kind)} is not a training fixture (${TRAIN_KINDS.join(', ')})`);
+  }
+}
 
 export type Tensors = Map<string, { shape: number[]; data: Float32Array; keras_path?: string }>;
 
@@ -151,10 +175,45 @@ export async function trajectory(
   return { losses, firstGrads, params: withLeaves(params, current) };
 }
 
-/** traj_full / traj_adamw: full fine-tuning on the fixture's batch. */
+/** The fixture's `.lora.h5` (`lora.lora_file`, or `adapter.lora.h5`). */
+function loraFileOf(dir: string, m: Manifest): string {
+  const lora = m.lora as { lora_file?: string } | undefined;
+  return path.join(dir, lora?.lora_file ?? 'adapter.lora.h5');
+}
+
+/** lora_grad: forward, loss and trainable gradients of the preset with the fixture's adapter. */
+export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainComputed> {
+  const base = loadPreset(path.join(dir, 'preset'));
+  const params = withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config));
+  const specs = [...kerasLayout(params.config), ...loraSpecs(params)];
+  const batch = trainBatchOf(dir, m);
+  const compat = m.options?.compat;
+  const outputs: Tensors = new Map();
+  try {
+    const seq = backbone(params, batch, { compat });
+    const l = logits(params, seq);
+    outputs.set('sequence_output', { shape: [...seq.shape], data: Float32Array.from((await seq.tensor.data()) as Float32Array) });
+    outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
+    tf.dispose([seq.tensor, l.tensor]);
+    const trainable = trainableOf(params, loraTrainable(params));
+    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat, tableGrad: false }), params, trainable);
+    outputs.set('loss', { shape: [1], data: Float32Array.from((await value.data()) as Float32Array) });
+    const gradients = await toKeras(grads, specs);
+    tf.dispose([value, report!.correct, report!.weight]);
+    d.disposeTree(grads);
+    return { outputs, gradients };
+  } finally {
+    tf.dispose(d.collectTensors(batch));
+    d.disposeTree(params);
+  }
+}
+
+/** traj_full / traj_adamw: full fine-tuning on the fixture's batch; traj_lora: LoRA from the fixture's file. */
 export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemmaParams): Promise<TrainComputed> {
-  const params = own ?? loadPreset(path.join(dir, 'preset'));
-  const specs = kerasLayout(params.config);
+  const base = own ?? loadPreset(path.join(dir, 'preset'));
+  const lora = m.kind === 'traj_lora';
+  const params = lora ? withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config)) : base;
+  const specs = [...kerasLayout(params.config), ...(lora ? loraSpecs(params) : [])];
   const batch = trainBatchOf(dir, m);
   const kerasByPath = new Map<string, string>();
   for (const s of specs) {
@@ -164,8 +223,13 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
   try {
     const { optimizer, learningRate } = optimizerOf(dir, m, kerasByPath);
     const steps = (m.trajectory as { steps?: number } | undefined)?.steps ?? (m.outputs.losses?.shape[0] as number);
-    const trainable = selectTrainable(params);
-    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, true);
+    const trainable = lora ? loraTrainable(params) : selectTrainable(params);
+    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, !lora);
+    const files = new Map<string, (file: string) => void>();
+    if (lora) {
+      const saved: LoraFile = await adaptersOf(run.params);
+      files.set((m.lora as { lora_final_file?: string }).lora_final_file ?? 'lora_final.lora.h5', (file) => writeLoraH5(file, params.config, saved));
+    }
     const gradients = await toKeras(run.firstGrads, specs);
     const final = await toKeras(allLeaves(run.params), specs);
     const wanted = Object.keys((m.weights_final as Record<string, unknown>) ?? {});
@@ -173,10 +237,78 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
     d.disposeTree(run.firstGrads);
     const changed = trainableOf(run.params, trainable);
     for (const [p, x] of Object.entries(changed)) if (x !== trainableOf(params, [p])[p]) x.dispose();
-    return { outputs: new Map([['losses', { shape: [steps], data: Float32Array.from(run.losses) }]]), gradients, weights_final };
+    return { outputs: new Map([['losses', { shape: [steps], data: Float32Array.from(run.losses) }]]), gradients, weights_final, files };
   } finally {
     tf.dispose(d.collectTensors(batch));
-    if (!own) d.disposeTree(params);
+    if (lora) for (const [p, x] of d.leaves(params)) if (/lora_kernel_[ab]$/.test(p)) x.dispose();
+    if (!own) d.disposeTree(base);
   }
 }
 
+
+// -------------------------------------------------------------------------------------------------
+// preprocess: the training preprocessor on strings and uint8 images
+// -------------------------------------------------------------------------------------------------
+
+interface PreprocessRun {
+  readonly sequence_length: number;
+  readonly [k: string]: unknown;
+}
+
+/** preprocess: every run's packed tensors, and the default-compile loss of the preset on `end_to_end`'s run. */
+export async function computePreprocess(dir: string, m: Manifest): Promise<TrainComputed> {
+  const where = path.join(dir, 'manifest.json');
+  const pairs = m.pairs as { prompt: string; response: string }[] | undefined;
+  const runs = m.runs as Record<string, PreprocessRun> | undefined;
+  if (!pairs || !runs) throw new Error(`${where}: a preprocess fixture has "pairs" and "runs"`);
+  const tokenizer = loadTokenizer(path.join(dir, 'preset'));
+  const special: SpecialIds = { bos: tokenizer.bosId, eos: tokenizer.eosId, pad: tokenizer.padId };
+  const prompts = pairs.map((p) => tokenizer.encode(p.prompt));
+  const responses = pairs.map((p) => tokenizer.encode(p.response));
+  const e = m.inputs.images_uint8;
+  if (!e || e.shape.length !== 4) throw new Error(`${where}: inputs.images_uint8 [B, H, W, C] is missing`);
+  const [B, H, W, C] = e.shape;
+  const raw = readBin(dir, e) as Uint8Array;
+  const config = loadPreset(path.join(dir, 'preset'));
+  const size = config.config.image_size;
+  const plane = size * size * 3;
+  const images = new Float32Array(B * plane);
+  for (let b = 0; b < B; b++) {
+    const image: RawImage = { data: raw.subarray(b * H * W * C, (b + 1) * H * W * C), height: H, width: W, channels: C as 1 | 3 | 4 };
+    images.set(convertImage(image, size), b * plane);
+  }
+  const out: NonNullable<TrainComputed['runs']> = new Map();
+  const u8 = (x: Int32Array) => Uint8Array.from(x);
+  const outputs: Tensors = new Map();
+  try {
+    for (const [name, run] of Object.entries(runs)) {
+      const L = run.sequence_length;
+      const p = packTrainingBatch(prompts, responses, L, special);
+      out.set(name, new Map<string, { shape: number[]; data: Float32Array | Int32Array | Uint8Array; dtype: 'float32' | 'int32' | 'uint8' }>([
+        ['x_token_ids', { shape: [B, L], data: p.tokenIds, dtype: 'int32' }],
+        ['x_padding_mask', { shape: [B, L], data: u8(p.paddingMask), dtype: 'uint8' }],
+        ['x_response_mask', { shape: [B, L], data: u8(p.responseMask), dtype: 'uint8' }],
+        ['x_images', { shape: [B, size, size, 3], data: images, dtype: 'float32' }],
+        ['y', { shape: [B, L], data: p.y, dtype: 'int32' }],
+        ['sample_weight', { shape: [B, L], data: u8(p.sampleWeight), dtype: 'uint8' }],
+      ]));
+      const e2e = m.end_to_end as { sequence_length?: number } | undefined;
+      if ('end_to_end_loss' in m.outputs && e2e?.sequence_length === L) {
+        const batch: TrainBatch = d.scoped(() => ({
+          images: d.named(tf.tensor(images, [B, size, size, 3]), ['batch', 'height', 'width', 'channels'] as const),
+          token_ids: d.named(tf.tensor(p.tokenIds, [B, L], 'int32'), ['batch', 'seq'] as const),
+          padding_mask: d.named(tf.tensor(p.paddingMask, [B, L], 'int32'), ['batch', 'seq'] as const),
+          response_mask: d.named(tf.tensor(p.responseMask, [B, L], 'int32'), ['batch', 'seq'] as const),
+          y: d.named(tf.tensor(p.y, [B, L], 'int32'), ['batch', 'seq'] as const),
+          sample_weight: d.named(tf.tensor(Float32Array.from(p.sampleWeight), [B, L]), ['batch', 'seq'] as const),
+        }));
+        const r = causalLmLoss(config, batch, { weights: p.sampleWeight });
+        outputs.set('end_to_end_loss', { shape: [1], data: Float32Array.from((await r.loss.data()) as Float32Array) });
+        tf.dispose([r.loss, r.correct, r.weight, ...d.collectTensors(batch)]);
+      }
+    }
+  } finally {
+    d.disposeTree(config);
+  }
+  return { outputs, gradients: new Map(), runs: out };
+}
