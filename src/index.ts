@@ -31,7 +31,20 @@ export * from './preprocess/packing';
 export * from './preprocess/outputs';
 export * from './generate/generate';
 export * from './generate/causal_lm';
+export type { TrainBatch, LossReport, Optimizer, OptimizerState, Schedule, RunKeys } from './train/api';
 export * from './train/step';
+export { causalLmLoss, defaultLossChunk, type LossOptions } from './train/loss';
+export { adam, adamw, sgd, clipByGlobalNorm, disposeState, kerasVariableName, type AdamOptions, type AdamWOptions, type SgdOptions } from './train/optim';
+export { constant, warmupLinear, warmupCosine, type WarmupOptions } from './train/schedule';
+export * from './train/select';
+export * from './train/data';
+export * from './train/fit';
+export * from './train/evaluate';
+export * from './train/checkpoint';
+export * from './train/progress';
+export * from './train/plot';
+export * from './generate/save';
+export { encodeModelProto } from './text/spm_write';
 export { computeFixture, readManifest, readBin, writeComputed } from './cli/fixture';
 
 // notebooks: parameter tables and detection drawings (named tensors print themselves: dsl/named.ts)

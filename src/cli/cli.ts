@@ -13,6 +13,7 @@ import { consoleIo, defineCommand, sharedFlags, type Command, type Io } from './
 import { closestName, commandHelp, flagTable, parseCommandLine, table, UsageError } from './parse';
 import { modelCommands } from './commands';
 import { presetsCommand } from './presets';
+import { trainCommands } from './train_commands';
 
 export { consoleIo, type Command, type Io };
 
@@ -96,7 +97,7 @@ const info = defineCommand({
 // The table, help and main
 // ---------------------------------------------------------------------------------------------------------
 
-export const commands: Command[] = [info, presetsCommand, ...modelCommands];
+export const commands: Command[] = [info, presetsCommand, ...modelCommands, ...trainCommands];
 
 /** `paligemma --help`: the commands, the flags they share, every command's flags, examples. */
 export function usage(): string {
