@@ -7,7 +7,7 @@
  * temporary Jupyter directory, never the user's: the data, config and runtime (connection files) directories
  * all point into the same temporary folder.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -78,32 +78,39 @@ function failure(stderr: string): string {
   return begin >= 0 && end > begin ? stderr.slice(begin + 4, end).trim() : stderr.slice(-6000);
 }
 
-test('the committed notebook uses the tslab kernel and has its outputs cleared', (t) => {
-  const nb = JSON.parse(readFileSync(notebook, 'utf8')) as Notebook;
-  t.is(nb.metadata.kernelspec?.name, 'tslab');
-  const code = nb.cells.filter((c) => c.cell_type === 'code');
-  t.true(code.length >= 5);
-  for (const c of code) {
-    t.deepEqual(c.outputs, [], joined(c.source));
-    t.is(c.execution_count, null);
+const notebooks = [notebook, join(root, 'notebooks', 'fine-tune.ipynb')];
+
+test('the committed notebooks use the tslab kernel and have their outputs cleared', (t) => {
+  for (const file of notebooks) {
+    const nb = JSON.parse(readFileSync(file, 'utf8')) as Notebook;
+    t.is(nb.metadata.kernelspec?.name, 'tslab', file);
+    const code = nb.cells.filter((c) => c.cell_type === 'code');
+    t.true(code.length >= 5, file);
+    for (const c of code) {
+      t.deepEqual(c.outputs, [], joined(c.source));
+      t.is(c.execution_count, null);
+    }
   }
 });
 
-test('the notebook runs headless in the tslab kernel and shows the picture, the mask and the text', async (t) => {
-  t.timeout(180_000);
+/**
+ * Executes a notebook as CI does: the kernel registered by the README's step (`node scripts/install-kernel.mjs`)
+ * in a temporary Jupyter directory, then `jupyter nbconvert --execute`. Returns the executed cells' outputs,
+ * or undefined after failing the test with the failing cell's source and error.
+ */
+async function execute(t: ExecutionContext, file: string): Promise<{ outputs: Output[]; stdout: string } | undefined> {
   const version = await run('jupyter', ['nbconvert', '--version'], process.env);
   if (version.code !== 0) {
     t.fail(
       `jupyter nbconvert is not available (${version.error?.message ?? version.stderr.trim()}): ` +
         `run \`${installHint}\` (Debian; .ci/run does it on CI)`,
     );
-    return;
+    return undefined;
   }
   if (!existsSync(join(root, 'dist', 'index.js')) || !existsSync(join(root, 'dist', 'types', 'src', 'index.d.ts'))) {
     t.fail('the notebook imports the built package: run `npm run build` first (npm test does)');
-    return;
+    return undefined;
   }
-
   const tmp = mkdtempSync(join(tmpdir(), 'paligemma-notebook-'));
   t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
   const env = {
@@ -121,20 +128,27 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
   const started = Date.now();
   writeFileSync(join(tmp, 'report.py'), reportConfig);
   const args = ['nbconvert', '--to', 'notebook', '--execute', '--ExecutePreprocessor.timeout=300', '--ExecutePreprocessor.kernel_name=tslab'];
-  args.push(`--config=${join(tmp, 'report.py')}`, '--output-dir', tmp, '--output', 'out', notebook);
+  args.push(`--config=${join(tmp, 'report.py')}`, '--output-dir', tmp, '--output', 'out', file);
   const exec = await run('jupyter', args, env);
   if (exec.code !== 0) {
     t.fail(`the notebook failed (jupyter nbconvert --execute exited with ${exec.code ?? exec.error?.message}):\n${failure(exec.stderr)}`);
-    return;
+    return undefined;
   }
   t.log(`executed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-
   const out = JSON.parse(readFileSync(join(tmp, 'out.ipynb'), 'utf8')) as Notebook;
   const outputs = out.cells.flatMap((c) => c.outputs ?? []);
   const stderr = outputs.filter((o) => o.output_type === 'stream' && o.name === 'stderr').map((o) => joined(o.text));
   t.deepEqual(stderr, [], 'the notebook printed on stderr');
   const stdout = outputs.filter((o) => o.output_type === 'stream' && o.name === 'stdout').map((o) => joined(o.text)).join('');
   t.log(stdout.trim());
+  return { outputs, stdout };
+}
+
+test('the notebook runs headless in the tslab kernel and shows the picture, the mask and the text', async (t) => {
+  t.timeout(180_000);
+  const executed = await execute(t, notebook);
+  if (executed === undefined) return;
+  const { outputs, stdout } = executed;
 
   // (a) the package, its backend, one TensorFlow.js with every backend this machine has
   t.regex(stdout, /^TensorFlow\.js 4\.\d+\.\d+, backend (cpu|wasm|webgpu): /m);
@@ -175,5 +189,29 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
   const drawn = PNG.sync.read(bytes[2]);
   t.deepEqual([drawn.width, drawn.height], [256, 256]);
   t.deepEqual(Array.from(drawn.data.subarray(4 * (25 * 256 + 100), 4 * (25 * 256 + 100) + 3)), [234, 67, 53]);
+  t.regex(stdout, /^0 tensors left$/m);
+});
+
+test('the fine-tuning notebook trains the shipped model, plots the loss and frees everything', async (t) => {
+  t.timeout(240_000);
+  const executed = await execute(t, notebooks[1]);
+  if (executed === undefined) return;
+  const { outputs, stdout } = executed;
+  t.regex(stdout, /^backend (cpu|wasm|webgpu)$/m);
+  t.true(stdout.includes('107,168 parameters\n'));
+  t.true(stdout.includes('answer en what colour? -> red\ncaption en -> a green square\n'));
+  const before = /^before: loss (\d+\.\d+), exact match (\d)\/6$/m.exec(stdout);
+  const after = /^after: loss (\d+\.\d+), exact match (\d)\/6$/m.exec(stdout);
+  const trained = /^30 steps in [\d.]+ s; loss (\d+\.\d+) -> (\d+\.\d+)$/m.exec(stdout);
+  t.truthy(before && after && trained, stdout);
+  // training lowers the loss: the last step's below half the first's, and the evaluated loss falls too
+  t.true(Number(trained![2]) < Number(trained![1]) / 2, trained![0]);
+  t.true(Number(after![1]) < Number(before![1]), `${before![0]} / ${after![0]}`);
+  t.regex(stdout, /^step 10: loss \d+\.\d{3}\nstep 20: loss \d+\.\d{3}\nstep 30: loss \d+\.\d{3}$/m);
+  t.regex(stdout, /^a red square, asked its colour: ".*" \(finish: (stop|length)\)$/m);
+  const pngs = outputs.filter((o) => o.output_type === 'display_data' && o.data?.['image/png'] != null);
+  t.is(pngs.length, 1, 'the loss curve');
+  const plot = PNG.sync.read(Buffer.from(joined(pngs[0].data!['image/png']), 'base64'));
+  t.deepEqual([plot.width, plot.height], [640, 360]);
   t.regex(stdout, /^0 tensors left$/m);
 });
