@@ -204,22 +204,29 @@ export function closestPresetNames(name: string, n = 3): string[] {
 /** A preset whose files ship inside the package (listed in package.json's "files"). */
 export interface ShippedPreset {
   readonly name: string;
+  /** Other names accepted for it. */
+  readonly aliases: readonly string[];
   /** Its directory, relative to the package root. */
   readonly dir: string;
+  /** A picture shipped with it, relative to its directory: the CLI's default --image. */
+  readonly image: string;
   readonly description: string;
 }
 
 /**
- * The presets shipped in the package, by name: `fromPreset('tiny')`, `paligemma run --preset tiny`. A shipped
- * name wins over a local directory of the same name, as built-in names do (pass `./tiny` for the directory).
+ * The presets shipped in the package, by name: `fromPreset('tiny')`, `paligemma run --preset tiny`. The first
+ * row is the CLI's default preset. A shipped name wins over a local directory of the same name, as built-in
+ * names do (pass `./tiny` for the directory).
  */
 export const SHIPPED_PRESETS: readonly ShippedPreset[] = [
   {
     name: 'tiny',
+    aliases: ['paligemma_tiny'],
     dir: 'checkpoints/tiny',
+    image: 'cat.png',
     description: 'PaliGemma 2 shaped, 16 px images, 3 decoder layers; random weights (its text is random), for trying things out',
   },
 ];
 
-/** The shipped preset with this name. */
-export const findShippedPreset = (name: string): ShippedPreset | undefined => SHIPPED_PRESETS.find((p) => p.name === name);
+/** The shipped preset with this name or alias. */
+export const findShippedPreset = (name: string): ShippedPreset | undefined => SHIPPED_PRESETS.find((p) => p.name === name || p.aliases.includes(name));

@@ -97,6 +97,7 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
   t.is(chunks[3], '\n');
   t.is(chunks.join(''), `${three.lines[0]}\n`);
   t.is(resolvePreset('tiny').dir, path.resolve('checkpoints', 'tiny'));
+  t.is(resolvePreset('paligemma_tiny').dir, path.resolve('checkpoints', 'tiny'), 'an alias');
   const bad = capture();
   t.is(await main(['generate', '--prompt', 'caption en', '--image', 'nope.png'], bad), 1);
   t.deepEqual(bad.errors, ['paligemma generate: --image nope.png: no such file']);

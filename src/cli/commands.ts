@@ -11,7 +11,7 @@ import { defineCommand, sharedFlags, type Command, type Io } from './command';
 import { setBackend, type BackendInfo } from '../runtime/backend';
 import { computeFixture, readManifest, writeComputed } from './fixture';
 import { fromPreset, resolvePreset, shippedPresetDir } from '../runtime/preset';
-import { findShippedPreset } from '../../checkpoints/presets';
+import { SHIPPED_PRESETS } from '../../checkpoints/presets';
 import { loadTokenizer } from '../text/tokenizer';
 import { convertImage, readImage } from '../preprocess/image';
 import { parseDetections } from '../preprocess/outputs';
@@ -21,18 +21,19 @@ import { packGeneration } from '../preprocess/packing';
 import { backbone, checkTokenIds, imageSequenceLength, logits } from '../../models/paligemma';
 
 /** The default preset: the first shipped one (checkpoints/presets.ts, SHIPPED_PRESETS). */
-export const DEFAULT_PRESET = 'tiny';
+export const DEFAULT_PRESET = SHIPPED_PRESETS[0].name;
 
-/** The picture used when --image is not given: the shipped tiny preset's cat.png. */
+/** The picture used when --image is not given: the default preset's own (tiny: cat.png). */
 export function defaultImage(): string {
-  return path.join(shippedPresetDir(findShippedPreset(DEFAULT_PRESET)!), 'cat.png');
+  const p = SHIPPED_PRESETS[0];
+  return path.join(shippedPresetDir(p), p.image);
 }
 
-/** The directory of the shipped tiny preset (kept for callers of the old name). */
-export const defaultPresetDir = (): string => shippedPresetDir(findShippedPreset(DEFAULT_PRESET)!);
+/** The directory of the default shipped preset. */
+export const defaultPresetDir = (): string => shippedPresetDir(SHIPPED_PRESETS[0]);
 
 const presetFlag = { ...sharedFlags.preset, default: DEFAULT_PRESET } as const;
-const imageFlag = { type: 'string', help: 'the picture (default: cat.png of the shipped tiny preset)', placeholder: 'png|jpg' } as const;
+const imageFlag = { type: 'string', help: "the picture (default: the default preset's own, tiny's cat.png)", placeholder: 'png|jpg' } as const;
 
 /** The backend the flags ask for (threads only when given: else PALIGEMMA_WASM_THREADS or 1). */
 const backendOf = (flags: { backend: 'auto' | 'cpu' | 'wasm' | 'webgpu'; threads: number | undefined }): Promise<BackendInfo> =>
