@@ -64,7 +64,7 @@ export function drawDetections(source: ImageSource, objects: ReadonlyArray<Pick<
   };
   for (const o of objects) outline(out, W, H, scaled(o.box, scale, W, H), colourOf(o.label), thickness);
   const image: RawImage = { data: out, height: H, width: W, channels: 3 };
-  return { image, png: encodePng(image), scale, legend };
+  return { image, png: imagePng(image), scale, legend };
 }
 
 /** A box in output pixels: [top, left, bottom, right] (inclusive), ordered and clamped. */
@@ -92,7 +92,7 @@ function outline(px: Uint8Array, W: number, H: number, [top, left, bottom, right
 }
 
 /** PNG bytes of an RGB image (8 bits, opaque). */
-export function encodePng(image: RawImage): Uint8Array {
+export function imagePng(image: RawImage): Uint8Array {
   const { height, width } = image;
   const rgb = toRgb(image);
   const png = new PNG({ width, height });
