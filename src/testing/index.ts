@@ -18,12 +18,11 @@
  * - `validateConfig`, `configProblems`, `ConfigError`: the cross-field rules (models/config.ts).
  */
 import fc from 'fast-check';
-import { tf } from '../../dsl/tf';
-import * as d from '../../dsl';
-import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../../models/config';
-import type { BackboneInputs } from '../../models/paligemma';
+// Everything else comes through the package's own entry, so a separately built kit (dist/testing.js with
+// '../index' external) makes its tensors with the package's one TensorFlow.js, not a second copy.
+import { tf, d, CONFIG_DEFAULTS, type BackboneInputs, type PaliGemmaConfig, type VitPooling } from '../index';
 
-export { ConfigError, configProblems, validateConfig, validateVitConfig, vitConfigProblems } from '../../models/config';
+export { ConfigError, configProblems, validateConfig, validateVitConfig, vitConfigProblems } from '../index';
 
 // ---------------------------------------------------------------------------------------------------------
 // Configs
