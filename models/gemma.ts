@@ -97,11 +97,14 @@ function withCache(cache: KV, fresh: KV, writeMask?: Named<readonly ['batch', 'k
   if (fresh.size('key_seq') !== 1) throw new Error(`attention: a cache with a writeMask takes one new position per row, got ${d.describe(fresh)}`);
   d.checkSizes(writeMask, { batch: cache.size('batch'), key_seq: cache.size('key_seq') }, 'attention: cache writeMask');
   return d.scoped(() => {
+    // cache * (1 - onehot) + onehot * fresh, broadcast by shape (no Tile, no Select): every entry is either
+    // cache * 1 + 0 * fresh or cache * 0 + 1 * fresh, so both are exact (for finite K/V), and the
+    // gradient flows to the cache and to the new K/V as the where's does.
     const axes = cache.axes;
-    const shape = cache.shape as number[];
-    const at = tf.reshape(tf.cast(d.align(writeMask, ['batch', 'key_seq'] as const).tensor, 'bool'), [shape[0], shape[1], 1, 1]);
-    const value = tf.broadcastTo(d.align(fresh, axes).tensor, shape); // [batch, key_seq, kv_heads, head_dim]
-    return d.named(tf.where(tf.broadcastTo(at, shape), value, d.align(cache, axes).tensor), axes) as KV;
+    const [b, s] = cache.shape as number[];
+    const at = tf.reshape(tf.cast(d.align(writeMask, ['batch', 'key_seq'] as const).tensor, 'float32'), [b, s, 1, 1]);
+    const kept = tf.mul(d.align(cache, axes).tensor, tf.sub(1, at));
+    return d.named(tf.add(kept, tf.mul(at, d.align(fresh, axes).tensor)), axes) as KV;
   });
 }
 

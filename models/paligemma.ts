@@ -85,14 +85,72 @@ export function unembed<A extends readonly string[]>(x: Named<A>, table: Embeddi
 // masks
 // -------------------------------------------------------------------------------------------------
 
+/** A [batch, seq] int mask as a tensor or as host rows. */
+export type MaskRows = Named<readonly ['batch', 'seq']> | readonly ArrayLike<number>[];
+
 /**
- * The prefix-LM mask, boolean [batch, seq, key_seq] over image + text:
+ * The prefix-LM mask on the host, Uint8Array [batch, L, L] with L = imageTokens + T (1 = visible):
  *   allowed[b, i, j] = (pad[b, j] && !resp[b, j]) || (resp[b, j] && j <= i)
  * with pad = [1]*N ++ padding_mask and resp = [0]*N ++ response_mask: image and prompt see each other both
  * ways and never the response; the response is causal; padded keys are never visible. On sliding layers
  * also |i - j| <= window - 1 (symmetric, so it also cuts the prefix).
  */
-export function prefixLmMask(
+export function prefixLmMaskValues(
+  paddingMask: readonly ArrayLike<number>[],
+  responseMask: readonly ArrayLike<number>[],
+  imageTokens: number,
+  slidingWindow?: number,
+): Uint8Array {
+  const batch = paddingMask.length;
+  const T = paddingMask[0]?.length ?? 0;
+  const L = imageTokens + T;
+  const out = new Uint8Array(batch * L * L);
+  const prefix = new Uint8Array(L);
+  const resp = new Uint8Array(L);
+  for (let b = 0; b < batch; b++) {
+    for (let j = 0; j < L; j++) {
+      const pj = j < imageTokens || paddingMask[b][j - imageTokens] !== 0;
+      const rj = j >= imageTokens && responseMask[b][j - imageTokens] !== 0;
+      prefix[j] = pj && !rj ? 1 : 0;
+      resp[j] = rj ? 1 : 0;
+    }
+    for (let i = 0; i < L; i++) {
+      const row = (b * L + i) * L;
+      const from = slidingWindow === undefined ? 0 : Math.max(0, i - (slidingWindow - 1));
+      const to = slidingWindow === undefined ? L - 1 : Math.min(L - 1, i + slidingWindow - 1);
+      for (let j = from; j <= to; j++) out[row + j] = prefix[j] | (resp[j] & (j <= i ? 1 : 0));
+    }
+  }
+  return out;
+}
+
+/** Host rows of a mask: given as rows, or read synchronously (cpu, wasm); undefined on webgpu (no dataSync in Node). */
+function hostRows(m: MaskRows): readonly ArrayLike<number>[] | undefined {
+  if (!(m instanceof d.Named)) return m;
+  if (tf.getBackend() === 'webgpu') return undefined;
+  const [b, t] = m.shape;
+  const v = m.tensor.dataSync();
+  return Array.from({ length: b }, (_, r) => v.subarray(r * t, (r + 1) * t));
+}
+
+/**
+ * The prefix-LM mask, boolean [batch, seq, key_seq] over image + text (see prefixLmMaskValues for the
+ * formula). Built on the host and uploaded once (from host rows, or from the mask tensors where they can
+ * be read synchronously); on webgpu from tensors, with tensor ops.
+ */
+export function prefixLmMask(paddingMask: MaskRows, responseMask: MaskRows, imageTokens: number, slidingWindow?: number): Named<readonly ['batch', 'seq', 'key_seq']> {
+  const pad = hostRows(paddingMask);
+  const resp = hostRows(responseMask);
+  if (pad && resp) {
+    const L = imageTokens + (pad[0]?.length ?? 0);
+    const values = prefixLmMaskValues(pad, resp, imageTokens, slidingWindow);
+    return d.named(tf.tensor3d(values, [pad.length, L, L], 'bool'), ['batch', 'seq', 'key_seq'] as const);
+  }
+  return prefixLmMaskOps(paddingMask as Named<readonly ['batch', 'seq']>, responseMask as Named<readonly ['batch', 'seq']>, imageTokens, slidingWindow);
+}
+
+/** prefixLmMask with tensor ops (webgpu, whose tensors cannot be read synchronously). */
+function prefixLmMaskOps(
   paddingMask: Named<readonly ['batch', 'seq']>,
   responseMask: Named<readonly ['batch', 'seq']>,
   imageTokens: number,
@@ -184,16 +242,19 @@ export const positions = (length: number, offset = 0): d.HostPositions => ({
 export function decode(
   p: PaliGemmaParams,
   x: Hidden,
-  paddingMask: BackboneInputs['padding_mask'],
-  responseMask: BackboneInputs['response_mask'],
+  paddingMask: MaskRows,
+  responseMask: MaskRows,
   options: BackboneOptions = {},
 ): { x: Hidden; cache: Array<{ key: KV; value: KV }> } {
   return d.scoped(() => {
     const c = p.config;
     const n = imageSequenceLength(c);
     const pos = positions(x.size('seq'));
-    const full = prefixLmMask(paddingMask, responseMask, n);
-    const sliding = c.use_sliding_window_attention ? prefixLmMask(paddingMask, responseMask, n, c.sliding_window_size) : full;
+    // host rows read once, both masks built on the host and uploaded once each (not per layer)
+    const pad = hostRows(paddingMask) ?? paddingMask;
+    const resp = hostRows(responseMask) ?? responseMask;
+    const full = prefixLmMask(pad, resp, n);
+    const sliding = c.use_sliding_window_attention ? prefixLmMask(pad, resp, n, c.sliding_window_size) : full;
     const cache: Array<{ key: KV; value: KV }> = [];
     let h = x;
     p.layers.forEach((layer, i) => {

@@ -3,7 +3,10 @@
  * each backend. Prints the median over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only),
  * and peak tensor memory. A script, not a test: speed is compared against baselines printed in the same run.
  *
- *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32]      (wasm:2 = wasm with 2 threads)
+ * Then a decode row per backend: the prefill once, then `--steps` cached decode steps (one token each, the
+ * logits read to the host as generate does): median ms per step and decode tokens/s.
+ *
+ *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32] [--steps 32]      (wasm:2 = wasm with 2 threads)
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -12,6 +15,7 @@ import { backbone, logits, type BackboneInputs } from '../../models/paligemma';
 import { initParams } from '../../checkpoints/init';
 import { parameterCount } from '../../checkpoints/params';
 import { setBackend, type BackendRequest } from '../runtime/backend';
+import { decodeStep, prefill, transposedEmbedding, type StepOutput } from '../generate/generate';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
   ...CONFIG_DEFAULTS,
@@ -58,7 +62,54 @@ function benchInputs(c: PaliGemmaConfig, text: number): BackboneInputs {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-export async function bench(backends: string[], runs: number, text: number): Promise<void> {
+/**
+ * Median ms of one decode step after a prefill of `text` prompt tokens (batch 1, buffer text + steps),
+ * each step feeding token 7 at the next position and reading its logits to the host.
+ */
+export async function benchDecode(
+  p: ReturnType<typeof initParams>,
+  inputs: BackboneInputs,
+  text: number,
+  steps: number,
+  kernels = false,
+  transpose = true,
+): Promise<{ ms: number; cpuMs: number; peak: number; top?: string }> {
+  const n = imageSequenceLength(p.config);
+  const ids = [Array.from(await inputs.token_ids.tensor.data())];
+  const transposed = transpose ? transposedEmbedding(p) : undefined; // as generate does
+  let state: StepOutput = prefill(p, inputs.images, ids, [text], text + steps, undefined, transposed);
+  const free = (s: StepOutput) => tf.dispose(d.collectTensors(s));
+  const times: number[] = [];
+  const cpu: number[] = []; // process CPU time: steadier than wall time on a shared machine
+  const byKernel = new Map<string, number>();
+  let peak = 0;
+  try {
+    await state.logits.tensor.data();
+    for (let s = 0; s < steps; s++) {
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      let next: StepOutput | undefined;
+      const prof = await tf.profile(async () => {
+        next = decodeStep(p, state.cache, [7], [n + text + s], [true], undefined, transposed);
+        await next.logits.tensor.data();
+      });
+      times.push(performance.now() - t0);
+      const c1 = process.cpuUsage(c0);
+      cpu.push((c1.user + c1.system) / 1000);
+      peak = Math.max(peak, prof.peakBytes);
+      if (kernels && s > 0) for (const k of prof.kernels) byKernel.set(`${k.name}${process.env.BENCH_SHAPES ? JSON.stringify(k.inputShapes) : ''}`, (byKernel.get(k.name) ?? 0) + (Number(await k.kernelTimeMs) || 0) / (steps - 1));
+      free(state);
+      state = next!;
+    }
+  } finally {
+    free(state);
+    if (transposed) tf.dispose(transposed.map((t) => t.tensor));
+  }
+  const top = [...byKernel].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.BENCH_TOP ?? 8)).map(([k, ms]) => `${k} ${ms.toFixed(1)} ms`).join(', ');
+  return { ms: median(times.slice(1)), cpuMs: median(cpu.slice(1)), peak, ...(kernels ? { top } : {}) };
+}
+
+export async function bench(backends: string[], runs: number, text: number, steps = 32, kernels = false): Promise<void> {
   const c = BENCH_CONFIG;
   const flops = forwardFlops(c, text);
   console.log(`config: 50M PaliGemma (${(parameterCount(c) / 1e6).toFixed(1)}M params), batch 1, ${imageSequenceLength(c)} image + ${text} text tokens, ${(flops / 1e9).toFixed(2)} GFLOP of matmuls per forward`);
@@ -76,7 +127,7 @@ export async function bench(backends: string[], runs: number, text: number): Pro
     };
     const times: number[] = [];
     let peak = 0;
-    for (let i = 0; i <= runs; i++) {
+    for (let i = 0; runs > 0 && i <= runs; i++) {
       const t0 = performance.now();
       const prof = await tf.profile(async () => {
         const out = forward();
@@ -88,12 +139,33 @@ export async function bench(backends: string[], runs: number, text: number): Pro
       if (i > 0) times.push(ms); // run 0 is the warm-up
     }
     const ms = median(times);
-    console.log(
+    if (runs > 0) console.log(
       `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
         `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, ` +
         `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
         (info.reason ? ` (${info.reason})` : ''),
     );
+    if (steps > 1) {
+      // on wasm, the same run also decodes with the head as before (E . x^T, one output column), in
+      // alternating rounds: what the transposed embedding saves
+      const rounds = info.name === 'wasm' ? 2 : 1;
+      const runs_: { ms: number; cpuMs: number; peak: number; top?: string }[][] = [[], []];
+      for (let r = 0; r < rounds; r++) {
+        runs_[0].push(await benchDecode(params, inputs, text, steps, kernels && r === 0));
+        if (info.name === 'wasm') runs_[1].push(await benchDecode(params, inputs, text, steps, false, false));
+      }
+      const best = (xs: { ms: number; cpuMs: number; peak: number; top?: string }[]) => xs.reduce((a, b) => (b.cpuMs < a.cpuMs ? b : a));
+      const dec = best(runs_[0]);
+      console.log(
+        `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} decode: median ${dec.ms.toFixed(1)} ms per step (cpu time ${dec.cpuMs.toFixed(1)} ms) over ${steps - 1} steps ` +
+          `(${text} prompt tokens, cache ${imageSequenceLength(c) + text + steps} positions), ${(1000 / dec.ms).toFixed(1)} tokens/s, peak tensors ${(dec.peak / 2 ** 20).toFixed(1)} MiB`,
+      );
+      if (runs_[0][0].top) console.log(`          per step by kernel: ${runs_[0][0].top}`);
+      if (runs_[1].length > 0) {
+        const old = best(runs_[1]);
+        console.log(`${''.padEnd(9)} decode without the transposed embedding: median ${old.ms.toFixed(1)} ms per step (cpu time ${old.cpuMs.toFixed(1)} ms), ${(1000 / old.ms).toFixed(1)} tokens/s; cpu-time ratio ${(old.cpuMs / dec.cpuMs).toFixed(2)}x`);
+      }
+    }
     tf.dispose(d.collectTensors(inputs));
     d.disposeTree(params);
   }
@@ -104,7 +176,7 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
     const i = process.argv.indexOf(`--${name}`);
     return i >= 0 ? process.argv[i + 1] : fallback;
   };
-  bench(arg('backends', 'wasm,wasm:2,cpu').split(','), Number(arg('runs', '5')), Number(arg('text', '32'))).catch((e) => {
+  bench(arg('backends', 'wasm,wasm:2,cpu').split(','), Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('steps', '32')), process.argv.includes('--kernels')).catch((e) => {
     console.error(e);
     process.exit(1);
   });

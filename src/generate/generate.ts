@@ -204,13 +204,36 @@ export interface StepOutput {
 }
 
 /** Final RMSNorm, tied embedding, final soft cap: hidden [batch, embed] -> logits [batch, vocab]. */
-function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>): Named<readonly ['batch', 'vocab']> {
+function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>, transposed?: TransposedEmbedding): Named<readonly ['batch', 'vocab']> {
   return d.scoped(() => {
     const normed = d.rmsNorm(h, p.final_norm.scale, 'embed', p.config.layer_norm_epsilon);
-    let out: Named = unembed(normed, p.token_embedding);
+    let out: Named = transposed
+      ? d.concat(transposed.map((t) => d.dot(normed, t, 'embed')), 'vocab')
+      : unembed(normed, p.token_embedding);
     if (p.config.final_logit_soft_cap !== null) out = d.softCap(out, p.config.final_logit_soft_cap);
     return out as Named<readonly ['batch', 'vocab']>;
   });
+}
+
+/** The tied embedding's row shards transposed, [embed, vocab] each (see `transposedEmbedding`). */
+export type TransposedEmbedding = readonly Named<readonly ['embed', 'vocab']>[];
+
+/**
+ * On wasm, the tied embedding transposed once per generate call, when it fits: a step's logits are then
+ * x [batch, embed] . E^T [embed, vocab], a 2-D untransposed matMul whose weights XNNPACK packs once, where
+ * E . x^T is a matMul of one output column (bench config: 54 -> 16 ms per step). It costs the table twice
+ * more (the transpose and XNNPACK's packed copy), so it is made only when both fit the wasm line; cpu and
+ * webgpu gain nothing from it and get undefined.
+ */
+export function transposedEmbedding(p: PaliGemmaParams): TransposedEmbedding | undefined {
+  if (tf.getBackend() !== 'wasm') return undefined;
+  const bytes = 2 * p.config.vocabulary_size * p.config.hidden_dim * 4;
+  try {
+    assertFitsBackend(bytes, 'the transposed embedding');
+  } catch {
+    return undefined;
+  }
+  return p.token_embedding.map((shard) => d.named(tf.transpose(shard.tensor), ['embed', 'vocab'] as const));
 }
 
 const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
@@ -228,6 +251,7 @@ export function prefill(
   promptLengths: readonly number[],
   length: number,
   compat?: 'keras_hub',
+  transposed?: TransposedEmbedding,
 ): StepOutput {
   return d.scoped(() => {
     const n = imageSequenceLength(p.config);
@@ -238,13 +262,16 @@ export function prefill(
     const paddingMask = d.named(tf.tensor2d(mask, [batch, width], 'int32'), ['batch', 'seq'] as const);
     const responseMask = d.named(tf.zeros([batch, width], 'int32'), ['batch', 'seq'] as const);
     const x = embedInputs(p, { images, token_ids: ids, padding_mask: paddingMask, response_mask: responseMask });
-    const { x: h, cache } = decode(p, x, paddingMask, responseMask, { compat }); // [batch, N + width, embed]
+    // the masks from host rows: the prefix-LM masks are built on the host and uploaded once
+    const hostPad = promptLengths.map((len) => Int32Array.from({ length: width }, (_, i) => (i < len ? 1 : 0)));
+    const hostResp = promptLengths.map(() => new Int32Array(width));
+    const { x: h, cache } = decode(p, x, hostPad, hostResp, { compat }); // [batch, N + width, embed]
     // each row's hidden state at its last prompt position, N + P_r - 1
     const rows = Int32Array.from(promptLengths, (len, b) => b * (n + width) + n + len - 1);
     const flat = tf.reshape(h.tensor, [batch * (n + width), h.size('embed')]);
     const last = d.named(tf.gather(flat, tf.tensor1d(rows, 'int32')), ['batch', 'embed'] as const);
     const grow = (kv: KV) => d.pad(kv, 'key_seq', 0, length - width) as KV;
-    return { logits: head(p, last), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
+    return { logits: head(p, last, transposed), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
   });
 }
 
@@ -261,6 +288,7 @@ export function decodeStep(
   cachePositions: readonly number[],
   active: readonly boolean[],
   compat?: 'keras_hub',
+  transposed?: TransposedEmbedding,
 ): StepOutput {
   return d.scoped(() => {
     const c = p.config;
@@ -293,7 +321,7 @@ export function decodeStep(
       next.push({ key: out.key, value: out.value });
     });
     const last = d.named(tf.reshape(h.tensor, [batch, h.size('embed')]), ['batch', 'embed'] as const);
-    return { logits: head(p, last), cache: next };
+    return { logits: head(p, last, transposed), cache: next };
   });
 }
 
@@ -491,9 +519,11 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const isActive = (r: number, step: number) => plen[r] + step < length && step < budget;
   const finished: (FinishReason | undefined)[] = plen.map(() => undefined);
 
-  let state = prefill(p, inputs.images, tokens, plen, length, options.compat);
+  const transposed = transposedEmbedding(p);
+  let state: StepOutput | undefined;
   let step = 0;
   try {
+    state = prefill(p, inputs.images, tokens, plen, length, options.compat, transposed);
     for (;;) {
       const host = (await state.logits.tensor.data()) as Float32Array;
       const vocab = host.length / batch;
@@ -518,12 +548,13 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
       const active = plen.map((_, r) => isActive(r, step));
       const feed = plen.map((len, r) => (active[r] ? tokens[r][len + step - 1] : 0));
       const at = plen.map((len, r) => (active[r] ? n + len + step - 1 : n + length - 1));
-      const next = decodeStep(p, state.cache, feed, at, active, options.compat);
+      const next = decodeStep(p, state.cache, feed, at, active, options.compat, transposed);
       disposeState(state);
       state = next;
     }
   } finally {
-    disposeState(state);
+    if (state) disposeState(state);
+    if (transposed) tf.dispose(transposed.map((t) => t.tensor));
   }
 
   // keras' mask: true through the first generated stop; past a maxNewTokens budget (not keras) false too
