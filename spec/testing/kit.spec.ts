@@ -13,7 +13,7 @@ import { backbone } from '../../models/paligemma';
 import { vit } from '../../models/siglip';
 import { initParams } from '../../checkpoints/init';
 import { decodeConfig, encodeConfig } from '../../checkpoints/config';
-import { ConfigError, configProblems, configs, disposeInputs, inputSpecs, randomInputs, uniforms, validateConfig } from '../../src/testing';
+import { ConfigError, configProblems, configs, disposeInputs, inputsFor, inputSpecs, randomInputs, uniforms, validateConfig } from '../../src/testing';
 import { test } from '../helpers/backends';
 
 const TINY: PaliGemmaConfig = {
@@ -87,6 +87,16 @@ test('inputSpecs: batch, length and rows fit together', (t) => {
     { numRuns: 300 },
   );
   t.pass('fc.assert throws on a counterexample');
+});
+
+test('inputsFor: ids drawn in the vocabulary, and randomInputs takes them as they are', async (t) => {
+  const specs = fc.sample(inputsFor(TINY, { batch: { min: 2, max: 2 }, length: { min: 3, max: 3 } }), { numRuns: 50, seed: 11 });
+  t.true(specs.every((s) => s.tokenIds.length === 6 && s.tokenIds.every((id) => Number.isInteger(id) && id >= 0 && id < 8)));
+  t.true(new Set(specs.flatMap((s) => s.tokenIds)).size === 8, 'every id of the vocabulary drawn somewhere');
+  const s = specs[0];
+  const x = randomInputs(TINY, s.batch, s.length, s);
+  t.deepEqual(Array.from(await x.token_ids.tensor.data()), s.tokenIds);
+  disposeInputs(x);
 });
 
 test('validateConfig names every broken rule', (t) => {

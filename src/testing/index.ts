@@ -13,8 +13,9 @@
  *
  * - `configs(options)`: valid configs (validateConfig passes), tiny by default (every width <= 8): PaliGemma 1
  *   or 2 shapes, each ViT pooling, multi-head / grouped-query / multi-query attention.
- * - `inputSpecs(options)` and `randomInputs(config, batch, length, options)`: backbone inputs whose rows are
- *   a prompt, a response and padding (the layout keras_hub's preprocessor makes), from a seed.
+ * - `inputSpecs(options)`, `inputsFor(config, options)` and `randomInputs(config, batch, length, options)`:
+ *   backbone inputs whose rows are a prompt, a response and padding (the layout keras_hub's preprocessor
+ *   makes), from a seed (and, with `inputsFor`, token ids drawn by fast-check).
  * - `validateConfig`, `configProblems`, `ConfigError`: the cross-field rules (models/config.ts).
  */
 import fc from 'fast-check';
@@ -160,6 +161,18 @@ export function inputSpecs(options: { batch?: { min: number; max: number }; leng
   return fc
     .record({ batch: fc.integer(b), length: fc.integer(l), seed: fc.integer({ min: 0, max: 2 ** 31 - 1 }) })
     .chain(({ batch, length, seed }) => maskRows(batch, length).map((rows) => ({ batch, length, rows, seed })));
+}
+
+/**
+ * Inputs of a config as plain data: an input spec whose token ids are drawn by fast-check too (so a failing
+ * case shrinks toward small ids), each in [0, vocabulary_size). Pass it to `randomInputs(config, s.batch,
+ * s.length, s)`; images still come from the seed.
+ */
+export function inputsFor(config: PaliGemmaConfig, options: Parameters<typeof inputSpecs>[0] = {}): fc.Arbitrary<InputSpec & { readonly tokenIds: number[] }> {
+  const V = config.vocabulary_size;
+  return inputSpecs(options).chain((spec) =>
+    fc.array(fc.integer({ min: 0, max: V - 1 }), { minLength: spec.batch * spec.length, maxLength: spec.batch * spec.length }).map((tokenIds) => ({ ...spec, tokenIds })),
+  );
 }
 
 /** Deterministic uniform numbers in [0, 1) from a seed (mulberry32: reproducible, not cryptographic). */
