@@ -61,7 +61,13 @@ const PREVIEW = 6;
 function preview(t: tf.Tensor): string {
   let values: ArrayLike<number | string | Uint8Array>;
   try {
-    values = t.dataSync() as ArrayLike<number>;
+    // only the first values are read: printing a 2 GB embedding must not copy it (wasm's readSync copies)
+    const head = t.size > PREVIEW && t.dtype !== 'string' ? tf.tidy(() => tf.slice(tf.reshape(t, [-1]), 0, PREVIEW)) : t;
+    try {
+      values = head.dataSync() as ArrayLike<number>;
+    } finally {
+      if (head !== t) head.dispose();
+    }
   } catch {
     return `(values: await x.tensor.data() on ${tf.getBackend()})`;
   }
@@ -69,7 +75,7 @@ function preview(t: tf.Tensor): string {
     const v = values[i];
     return typeof v === 'number' ? String(Number.isInteger(v) ? v : Number(v.toPrecision(4))) : String(v);
   });
-  const more = values.length - shown.length;
+  const more = t.size - shown.length;
   return `[${shown.join(', ')}${more > 0 ? `, ... ${more} more` : ''}]`;
 }
 

@@ -25,6 +25,13 @@ backendTest('a named tensor prints its axes, sizes, dtype and first values, and 
   t.is(`${x}`, 'Named<[batch=2, seq=8, embed=32]> float32');
   t.is(inspect({ hidden: x }), `{\n  hidden: Named<[batch=2, seq=8, embed=32]> float32 ${values}\n}`);
   t.is(tf.memory().numTensors, before);
+  // only the first values are read, never the whole tensor (a 2 GB embedding must print without a copy)
+  const whole = x.tensor.dataSync;
+  x.tensor.dataSync = () => {
+    throw new Error('the whole tensor was read');
+  };
+  t.is(inspect(x), `Named<[batch=2, seq=8, embed=32]> float32 ${values}`);
+  x.tensor.dataSync = whole;
   const ids = d.named(tf.tensor1d([3, 1, 2], 'int32'), ['seq'] as const);
   t.is(inspect(ids), 'Named<[seq=3]> int32 [3, 1, 2]');
   x.dispose();
