@@ -5,6 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as os from 'node:os';
+import { fromPreset } from '../../src/runtime/preset';
 import fc from 'fast-check';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -147,6 +149,17 @@ test('the model entry points refuse a bad config before tfjs sees a shape', (t) 
   disposeInputs(inputs);
   d.disposeTree(params);
   t.is(tf.memory().numTensors, before);
+
+  // a preset directory whose config does not fit together: refused before a weight is read
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pg-kit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.cpSync(path.join('checkpoints', 'tiny'), dir, { recursive: true });
+  const hf = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  hf.config.num_key_value_heads = 3;
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(hf));
+  t.throws(() => fromPreset(dir), {
+    message: `${path.join(dir, 'config.json')}: num_query_heads 4 is not a multiple of num_key_value_heads 3: each key/value head serves num_query_heads / num_key_value_heads query heads`,
+  });
 
   // a config.json: each problem on its own line, prefixed with the file
   const json = { ...encodeConfig(TINY), config: { ...encodeConfig(TINY).config, intermediate_dim: 7, head_dim: 5 } };

@@ -44,7 +44,7 @@ import { decodeParams, parameterCount, type WeightMap } from '../../checkpoints/
 import { bigVisionWeights, inferBigVisionConfig } from '../../checkpoints/bigvision';
 import { readNpz, type NpzArrays } from '../../checkpoints/npz';
 import { hasSafetensors } from '../../checkpoints/safetensors';
-import type { PaliGemmaConfig } from '../../models/config';
+import { validateConfig, type PaliGemmaConfig } from '../../models/config';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, findShippedPreset, type PresetInfo, type ShippedPreset } from '../../checkpoints/presets';
 import { assertFitsBackend } from './backend';
@@ -466,6 +466,7 @@ export function fromPreset(preset: string, options: FromPresetOptions = {}): Pal
 
 /** Refuse, before any allocation, params that would not fit the current backend (see src/runtime.ts). */
 function guard(preset: string, config: PaliGemmaConfig): void {
+  validateConfig(config, `config of fromPreset("${preset}")`); // HF and big_vision configs are not checked on decode
   const count = parameterCount(config);
   assertFitsBackend(count * 4, `fromPreset("${preset}"): ${count.toLocaleString('en-US')} parameters as float32`);
 }
