@@ -54,7 +54,11 @@ const libraryEntry = {
 };
 
 // dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
-const specs = existsSync(join(root, 'spec')) && !process.argv.includes('--no-specs') ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
+// the specs, and the module ava loads before each of them (package.json "ava.require")
+const specs =
+  existsSync(join(root, 'spec')) && !process.argv.includes('--no-specs')
+    ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f === join('spec', 'helpers', 'setup.ts'))
+    : [];
 await Promise.all([
   esbuild.build({ ...common, stdin: libraryEntry, outfile: join(root, 'dist/index.js'), sourcemap: false }),
   existsSync(join(root, 'src/cli/bench.ts')) &&
