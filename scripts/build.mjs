@@ -14,6 +14,8 @@
 //                     foreign to the other)
 //   dist/testing.js   CommonJS: `paligemma-ts/testing`, a view of the kit bundled inside dist/index.js
 //   dist/testing.mjs  ESM: the same, named
+//   dist/browser.mjs  ESM for browsers: `paligemma-ts/browser` (src/browser.ts), minified, Node's modules
+//                     replaced by stubs that throw (see nodeOnly below)
 //   dist/types/       declarations
 // Developers' bundles (dist/spec/**, dist/bench.js) keep their source maps and are not shipped.
 import * as esbuild from 'esbuild';
@@ -53,6 +55,50 @@ const libraryEntry = {
   loader: 'ts',
 };
 
+// The browser build: Node's built-in modules (and pngjs, the native webgpu addon) resolve to stubs whose
+// every export throws "<module>.<name> is Node-only", so that Node-only paths (file names, caches, pngjs) are
+// inert in a page and say so if reached. The stubs are side-effect free: what the browser path does not
+// use, esbuild drops, and spec/browser.spec.ts checks what remains.
+const NODE_ONLY = /^(node:.*|fs|path|os|zlib|module|url|util|stream|events|assert|crypto|child_process|worker_threads|perf_hooks|buffer|pngjs|webgpu)$/;
+const nodeOnly = {
+  name: 'node-only',
+  setup(build) {
+    build.onResolve({ filter: NODE_ONLY }, (args) =>
+      // packages map their Node-only requires to nothing themselves ("browser": {"fs": false}); ours get stubs
+      args.importer.includes('/node_modules/') && !/^(pngjs|webgpu)$/.test(args.path)
+        ? undefined
+        : { path: args.path.replace(/^node:/, ''), namespace: 'node-only', sideEffects: false },
+    );
+    build.onLoad({ filter: /.*/, namespace: 'node-only' }, async (args) => {
+      const names = args.path === 'pngjs' ? ['PNG'] : args.path === 'webgpu' ? [] : Object.keys(await import(`node:${args.path}`));
+      const valid = names.filter((n) => /^[A-Za-z_$][\w$]*$/.test(n) && n !== 'default');
+      const stub = (n) => `export const ${n} = /* @__PURE__ */ nodeOnly(${JSON.stringify(`${args.path}.${n}`)});`;
+      return {
+        loader: 'js',
+        contents:
+          `function nodeOnly(name) {\n` +
+          `  return function () { throw new Error(name + ' is Node-only: not in the browser build of paligemma-ts (pass bytes, see paligemma-ts/browser)'); };\n` +
+          `}\n${valid.map(stub).join('\n')}\nexport default {};\n`,
+      };
+    });
+  },
+};
+const browserBuild = () =>
+  esbuild.build({
+    entryPoints: [join(root, 'src/browser.ts')],
+    outfile: join(root, 'dist/browser.mjs'),
+    bundle: true,
+    platform: 'browser',
+    format: 'esm',
+    target: 'es2022',
+    mainFields: ['browser', 'module', 'main'],
+    minify: true,
+    legalComments: 'eof',
+    logLevel: 'warning',
+    define: { 'process.env.NODE_ENV': '"production"' },
+    plugins: [nodeOnly],
+  });
+
 // dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
 // the specs, and the module ava loads before each of them (package.json "ava.require")
 const specs =
@@ -61,6 +107,7 @@ const specs =
     : [];
 await Promise.all([
   esbuild.build({ ...common, stdin: libraryEntry, outfile: join(root, 'dist/index.js'), sourcemap: false }),
+  browserBuild(),
   existsSync(join(root, 'src/cli/bench.ts')) &&
     esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/cli/bench.ts') }, outdir: join(root, 'dist') }),
   specs.length &&

@@ -87,7 +87,7 @@ let webgpu;
 try { await setBackend('webgpu'); webgpu = 'started'; } catch (e) { webgpu = e.message; }
 console.log(JSON.stringify({
   text: result.texts[0], backend: backendInfo().name, tf: tf.version_core, resolved: import.meta.resolve('paligemma-ts'),
-  testing: import.meta.resolve('paligemma-ts/testing'), preset: defaultPresetDir(), webgpu, names: Object.keys(cjsView).length,
+  testing: import.meta.resolve('paligemma-ts/testing'), browser: import.meta.resolve('paligemma-ts/browser'), preset: defaultPresetDir(), webgpu, names: Object.keys(cjsView).length,
 }));
 `;
 
@@ -112,13 +112,15 @@ const { defaultPresetDir, memoryNeutral } = require('paligemma-ts/testing');
 const typesEsm = `
 import { tf, setBackend, type BackendInfo, type CausalLM } from 'paligemma-ts';
 import { memoryNeutral, defaultPresetDir } from 'paligemma-ts/testing';
+import type { PresetBytes } from 'paligemma-ts/browser';
+declare const files: PresetBytes;
 const info: BackendInfo = await setBackend('cpu');
 const count: number = (await memoryNeutral(() => tf.memory().numTensors)).result;
 const dir: string = defaultPresetDir();
 declare const lm: CausalLM;
 // @ts-expect-error: a string is not a backend info
 const wrong: BackendInfo = 'cpu';
-export { info, count, dir, lm, wrong };
+export { info, count, dir, lm, wrong, files };
 `;
 
 const typesCjs = `
@@ -168,6 +170,7 @@ test('the tarball installs into scratch ESM and CommonJS projects, which generat
     t.is(out.backend, 'wasm', kind);
     t.true(String(out.resolved).endsWith(`node_modules/paligemma-ts/dist/${entry}`), `${kind}: ${out.resolved}`);
     t.true(String(out.testing).endsWith(`dist/testing.${kind === 'esm' ? 'mjs' : 'js'}`), kind);
+    if (kind === 'esm') t.true(String(out.browser).endsWith('node_modules/paligemma-ts/dist/browser.mjs'), String(out.browser));
     t.is(out.preset, join(installed, 'checkpoints', 'tiny'), kind);
     t.is(out.webgpu, webgpuMissingMessage, kind);
     t.true(Number(out.names) > 100, `${kind}: ${out.names} exports`);
