@@ -21,6 +21,8 @@ import { setBackend } from '../src/runtime/backend';
 import { generateText, loadCausalLM } from '../src/generate/causal_lm';
 import { convertImage, readImage } from '../src/preprocess/image';
 import * as d from '../dsl';
+import { encode as jpegEncode } from 'jpeg-js';
+import { decodeImage } from '../src/preprocess/image';
 
 const root = join(__dirname, '..', '..');
 const chromium = process.env.PALIGEMMA_CHROMIUM ?? '/usr/bin/chromium';
@@ -44,11 +46,15 @@ try {
   const lm = await pg.fetchCausalLM('/preset/');
   const image = await pg.decodeImageInBrowser(await (await fetch('/preset/cat.png')).blob());
   const pixels = pg.convertImage(image, lm.params.config.image_size);
+  const jpeg = pg.decodeImage(new Uint8Array(await (await fetch('/photo.jpg')).arrayBuffer()), 'photo.jpg');
+  let png;
+  try { pg.decodeImage(new Uint8Array(await (await fetch('/preset/cat.png')).arrayBuffer()), 'cat.png'); } catch (e) { png = e.message; }
   const before = pg.tf.memory().numTensors;
   const { texts } = await pg.generateText(lm, { images: [image], prompts: ['caption en\\n'] }, { maxLength: ${MAX_LENGTH}, stripPrompt: true });
   report = {
     text: texts[0], backend: info.name, simd: info.simd, leaked: pg.tf.memory().numTensors - before,
     channels: image.channels, size: [image.height, image.width], pixels: Array.from(pixels),
+    jpeg: [jpeg.channels, jpeg.height, jpeg.width, Array.from(jpeg.data)], png,
     nodeGlobals: ['process', 'Buffer', 'require', '__filename'].filter((g) => typeof globalThis[g] !== 'undefined'),
   };
 } catch (e) {
@@ -69,6 +75,20 @@ const types: Record<string, string> = {
 };
 // 1x1 transparent PNG
 const pixel = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=', 'base64');
+
+// a 24x20 JPEG with a gradient and a block of colour, made here (jpeg-js, quality 90)
+const photo: Uint8Array = (() => {
+  const [width, height] = [24, 20];
+  const data = new Uint8Array(width * height * 4);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = 4 * (y * width + x);
+      const block = x > 8 && x < 16 && y > 5 && y < 14;
+      data.set(block ? [220, 40, 60, 255] : [x * 10, y * 12, 255 - x * 5, 255], i);
+    }
+  }
+  return jpegEncode({ data, width, height }, 90).data;
+})();
 
 /** Serves the page, the bundle, tfjs' .wasm files and the preset; resolves `done` with the page's report. */
 function serve(): Promise<{ url: string; done: Promise<string>; requests: string[]; close: () => void }> {
@@ -92,6 +112,7 @@ function serve(): Promise<{ url: string; done: Promise<string>; requests: string
     requests.push(url.pathname);
     if (url.pathname === '/') res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(page);
     else if (url.pathname === '/browser.mjs') file(res, bundle);
+    else if (url.pathname === '/photo.jpg') res.writeHead(200, { 'content-type': 'image/jpeg' }).end(photo);
     else if (url.pathname.startsWith('/wasm/')) file(res, inside(wasmDir, url.pathname.slice(6)));
     else if (url.pathname.startsWith('/preset/')) file(res, inside(preset, url.pathname.slice(8)));
     else if (url.pathname === '/hold.png') held.push(res);
@@ -180,7 +201,10 @@ test('headless Chromium loads the shipped preset by fetch, generates on wasm and
     t.fail(`no answer in the DOM (exit ${run.code}); requests: ${server.requests.join(' ')}\n${run.stderr.slice(-3000)}`);
     return;
   }
-  const report = JSON.parse(match[1]) as { error?: string; text: string; backend: string; leaked: number; channels: number; size: number[]; pixels: number[]; nodeGlobals: string[] };
+  const report = JSON.parse(match[1]) as {
+    error?: string; text: string; backend: string; leaked: number; channels: number; size: number[]; pixels: number[];
+    nodeGlobals: string[]; jpeg: [number, number, number, number[]]; png: string;
+  };
   if (report.error !== undefined) {
     t.fail(`the page failed: ${report.error}`);
     return;
@@ -191,6 +215,9 @@ test('headless Chromium loads the shipped preset by fetch, generates on wasm and
   t.deepEqual([report.channels, ...report.size], [decoded.channels, decoded.height, decoded.width]);
   t.true(report.pixels.length === pixels.length && report.pixels.every((v, i) => v === pixels[i]), 'converted pixels equal Node\'s');
   t.is(report.leaked, 0);
+  const jpeg = decodeImage(photo, 'photo.jpg');
+  t.deepEqual(report.jpeg, [jpeg.channels, jpeg.height, jpeg.width, Array.from(jpeg.data)], 'decodeImage(JPEG bytes) as in Node');
+  t.is(report.png, "decodeImage: 'cat.png' is a PNG, and PNG bytes decode in Node only; in a browser use decodeImageInBrowser");
   t.is(report.text, here.texts[0]);
   t.log(`answer: ${JSON.stringify(report.text.slice(0, 60))}...`);
 });

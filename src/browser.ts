@@ -5,7 +5,8 @@
  *
  * What stays in Node (dist/index.js): file paths (fromPreset, loadTokenizer, readImage), the kaggle/hf
  * caches, checkpoint writers, the CLI, and PNG bytes through pngjs (decode PNGs with `decodeImageInBrowser`;
- * JPEG bytes decode here as in Node). The browser build replaces Node's modules by stubs that throw, naming
+ * JPEG bytes decode with `decodeImage` exactly as in Node, jpeg-js being plain JavaScript; a browser's own
+ * JPEG decoder rounds differently). The browser build replaces Node's modules by stubs that throw, naming
  * the function (scripts/build.mjs), so a Node-only path reached by mistake says so instead of misbehaving.
  *
  * wasm: tfjs fetches its .wasm files from `setWasmPaths(prefix)` (serve node_modules/@tensorflow/
@@ -33,7 +34,7 @@ export { decodeConfig } from '../checkpoints/config';
 export { decodeParams, kerasLayout, parameterCount } from '../checkpoints/params';
 export { openH5Bytes, type H5File } from '../checkpoints/h5';
 export { loadSentencePiece, loadTokenizerJson, type Tokenizer } from './text/tokenizer';
-export { checkImage, convertImage, convertImages, convertPixels, toRgb, type RawImage } from './preprocess/image';
+export { checkImage, convertImage, convertImages, convertPixels, decodeImage, toRgb, type RawImage } from './preprocess/image';
 export { parseDetections, segCodes } from './preprocess/outputs';
 export { generate, greedy, topK, topP, type Sampler } from './generate/generate';
 export { generateText, type CausalLM, type TextInputs, type TextOptions, type TextOutput } from './generate/causal_lm';
