@@ -5,7 +5,7 @@
  * Minimal on this branch: the shipped preset and a memory-neutrality check. Another branch (cli) grows it.
  */
 import { tf } from '../../dsl/tf';
-export { defaultPresetDir } from '../cli/commands';
+export { shippedPresetDir as defaultPresetDir } from '../runtime/shipped';
 
 /** What `memoryNeutral` measured. */
 export interface MemoryReport<T> {
