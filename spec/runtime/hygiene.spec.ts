@@ -33,9 +33,10 @@ function user(script: string, tmp: string, env: NodeJS.ProcessEnv = {}): Run {
 
 const noDriver = { VK_ICD_FILENAMES: '/nonexistent/icd.json', VK_DRIVER_FILES: undefined, VK_ADD_DRIVER_FILES: undefined };
 
-test("an uncaught error in the user's script keeps Node's exit code 1 after wasm started (1 thread)", (t) => {
+test("an uncaught error in the user's script keeps Node's exit code 1 after wasm started (tfjs' own setBackend)", (t) => {
   const tmp = tempDir(t);
-  const r = user(`pg.setBackend('wasm').then(() => { setTimeout(() => { throw new Error('the user failed'); }, 1); });`, tmp, noDriver);
+  const r = user(`pg.tf.setBackend('wasm').then(() => pg.tf.ready()).then(() => { console.log(pg.tf.getBackend()); setTimeout(() => { throw new Error('the user failed'); }, 1); });`, tmp, noDriver);
+  t.is(r.stdout, 'wasm\n');
   t.is(r.status, 1, r.stderr);
   t.regex(r.stderr, /Error: the user failed\n\s+at Timeout/);
 });
