@@ -58,6 +58,23 @@ test("a user's unhandled rejection keeps exit code 1, and no listener is left, a
   t.regex(r.stderr, /Error: the user rejected/);
 });
 
+test("a handler the user installs while wasm loads is kept, and decides the exit", (t) => {
+  const tmp = tempDir(t);
+  const r = user(
+    `const mine = (e) => { console.log('mine: ' + e.message); process.exit(42); };\n` +
+      `const started = pg.setBackend('wasm');\n` +
+      `process.on('uncaughtException', mine);\n` +
+      `started.then(() => {\n` +
+      `  console.log(process.listeners('uncaughtException').length + ' ' + (process.listeners('uncaughtException')[0] === mine));\n` +
+      `  setTimeout(() => { throw new Error('boom'); }, 1);\n` +
+      `});`,
+    tmp,
+    noDriver,
+  );
+  t.is(r.status, 42, r.stderr);
+  t.is(r.stdout, '1 true\nmine: boom\n');
+});
+
 test('auto without a Vulkan driver picks wasm without asking Dawn: nothing on stderr, nothing left in TMPDIR', (t) => {
   const tmp = tempDir(t);
   const r = user(

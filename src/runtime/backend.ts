@@ -125,14 +125,16 @@ export function defaultWasmThreads(): number {
 }
 
 /**
- * Runs `start` (which starts an Emscripten module) and removes the process handlers it added.
+ * Runs `start` (which starts an Emscripten module) and removes the process handlers Emscripten added.
  *
  * Emscripten's Node glue (tfjs' bundled copy and the raw wasm-out/ one alike) installs
- * `process.on('uncaughtException', e => { throw e })` and `process.on('unhandledRejection', r => { throw r })`.
- * Throwing from an uncaughtException handler makes Node exit with code 7 instead of the user's own error's
- * code 1, and prints the glue's line instead of the user's; an unhandledRejection handler also overrides the
- * user's `--unhandled-rejections` mode. Node's defaults already crash on both, so a library must not keep
- * them: we take back exactly the listeners that appeared while `start` ran.
+ * `process.on('uncaughtException', function (ex) { if (!(ex instanceof ExitStatus)) throw ex })` and
+ * `process.on('unhandledRejection', function (reason) { throw reason })`. Throwing from an uncaughtException
+ * handler makes Node exit with code 7 instead of the user's own error's code 1, and prints the glue's line
+ * instead of the user's; the unhandledRejection one overrides the user's `--unhandled-rejections` mode.
+ * Node's defaults already crash on both, so a library must not keep them. tfjs' init adds them after an await,
+ * so we look once `start` settles, and take back only new listeners with exactly those bodies: a handler the
+ * user adds while the module loads is left alone. (spec/runtime/hygiene.spec.ts fails if the glue changes.)
  */
 export async function withoutNewProcessHandlers<T>(start: () => Promise<T>): Promise<T> {
   if (!isNode) return start();
@@ -142,10 +144,16 @@ export async function withoutNewProcessHandlers<T>(start: () => Promise<T>): Pro
     return await start();
   } finally {
     processEvents.forEach((e, i) => {
-      for (const l of emitter.listeners(e)) if (!before[i].includes(l)) emitter.removeListener(e, l as () => void);
+      for (const l of emitter.listeners(e)) {
+        if (!before[i].includes(l) && isEmscriptenHandler(l)) emitter.removeListener(e, l as () => void);
+      }
     });
   }
 }
+const isEmscriptenHandler = (listener: unknown): boolean => {
+  const source = typeof listener === 'function' ? Function.prototype.toString.call(listener) : '';
+  return /\binstanceof\s+ExitStatus\b/.test(source) || /^function\s*\(\s*(\w+)\s*\)\s*\{\s*throw\s+\1;?\s*\}$/.test(source);
+};
 const processEvents = ['uncaughtException', 'unhandledRejection'] as const;
 
 /**
