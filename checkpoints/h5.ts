@@ -29,7 +29,7 @@
  * Reference: "HDF5 File Format Specification Version 3.0" (The HDF Group); each parser names its section.
  */
 import * as fs from 'node:fs';
-import { HOST_LE, bfloat16ToNumber, halfToNumber, readFloatsAt, readFully, type FloatDType } from './io';
+import { HOST_LE, bfloat16ToNumber, halfToNumber, readFloatsAt, readFully, widenInto, type FloatDType } from './io';
 
 export { HOST_LE, bfloat16ToNumber, halfToNumber };
 
@@ -119,6 +119,41 @@ export function openH5(file: string): H5File {
   }
 }
 
+/**
+ * Index an HDF5 file held in memory (a browser's `fetch`/`ArrayBuffer`, a test's bytes); `name` labels errors
+ * as a path would. Reads copy out of `bytes` on demand; `close()` only forbids further reads.
+ */
+export function openH5Bytes(bytes: Uint8Array | ArrayBuffer, name = '<bytes>'): H5File {
+  const data = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const index = indexSource(new Source(name, data.length, (dst, pos) => dst.set(data.subarray(pos, pos + dst.length))));
+  let open = true;
+  const dataset = (path: string): H5Dataset => {
+    if (!open) throw new Error(`${name}: read after close()`);
+    const ds = index.datasets.get(path);
+    if (ds === undefined) throw new Error(`${name}: no dataset "${path}"`);
+    return ds;
+  };
+  const stored = (ds: H5Dataset): Uint8Array => data.slice(ds.offset, ds.offset + ds.byteLength);
+  return {
+    ...index,
+    readBytes: (path) => stored(dataset(path)),
+    readFloat32(path) {
+      const ds = dataset(path);
+      if (ds.dtype !== 'float32' && ds.dtype !== 'bfloat16' && ds.dtype !== 'float16' && ds.dtype !== 'float64') {
+        throw new Error(`${name}: dataset "${ds.path}" is ${ds.dtype}, not a float type: read its bytes instead`);
+      }
+      const raw = stored(ds); // a copy, so aligned for typed-array views
+      if (ds.dtype === 'float32' && ds.littleEndian === HOST_LE) return new Float32Array(raw.buffer, 0, raw.length / 4);
+      const out = new Float32Array(raw.length / DTYPE_BYTES[ds.dtype]);
+      widenInto(ds.dtype, ds.littleEndian, raw, out);
+      return out;
+    },
+    close: () => {
+      open = false;
+    },
+  };
+}
+
 /** Index `file` and close it: the result describes where the data is; read it later with `readDatasetFloat32`. */
 export function indexH5(file: string): H5Index {
   const fd = fs.openSync(file, 'r');
@@ -188,24 +223,36 @@ class OpenFile implements H5File {
 /** HDF5's "undefined address": all bytes 0xff. */
 export const UNDEFINED = -1;
 
-/** The open file: positioned reads that fail with a truncation message naming what was being read. */
+/** Fills `dst` with the bytes at `pos` (the caller checked that they exist). */
+type ReadAt = (dst: Uint8Array, pos: number) => void;
+
+/**
+ * The file, or its bytes in memory: positioned reads that fail with a truncation message naming what was
+ * being read. The parser sees only this, so one parser serves files (Node) and byte arrays (browsers).
+ */
 class Source {
   /** The file size the superblock records (its end-of-file address); set once the superblock is read. */
   expectedSize = Number.NaN;
 
   constructor(
     readonly file: string,
-    readonly fd: number,
     readonly size: number,
+    private readonly readAt: ReadAt,
   ) {}
 
-  read(pos: number, n: number, what: string): Buffer {
+  read(pos: number, n: number, what: string): Uint8Array {
     if (pos < 0 || pos + n > this.size) throw new PastEnd(`${what} needs bytes ${pos}..${pos + n}`);
-    const buf = Buffer.alloc(n);
-    readFully(this.fd, this.file, buf, pos);
+    const buf = new Uint8Array(n);
+    this.readAt(buf, pos);
     return buf;
   }
 }
+
+// Buffer-free byte helpers (the parser also runs in browsers). Buffer's utf8 keeps a BOM; so do we.
+const utf8Decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+const utf8 = (b: Uint8Array): string => utf8Decoder.decode(b);
+const latin1 = (b: Uint8Array): string => String.fromCharCode(...b);
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /** Something lies past the end of the file; `detail` names it and the bytes it needs. */
 class PastEnd extends Error {
@@ -236,7 +283,7 @@ class Cursor {
   pos = 0;
 
   constructor(
-    readonly buf: Buffer,
+    readonly buf: Uint8Array,
     readonly sizes: Sizes,
     readonly what: string,
     /** Absolute file position of buf[0]. */
@@ -265,11 +312,13 @@ class Cursor {
   }
 
   u16(): number {
-    return this.buf.readUInt16LE(this.take(2));
+    const at = this.take(2);
+    return this.buf[at] | (this.buf[at + 1] << 8);
   }
 
   u32(): number {
-    return this.buf.readUInt32LE(this.take(4));
+    const at = this.take(4);
+    return (this.buf[at] | (this.buf[at + 1] << 8) | (this.buf[at + 2] << 16)) + this.buf[at + 3] * 2 ** 24;
   }
 
   /** An unsigned little-endian integer of `n` bytes (n <= 8), exact as a number. */
@@ -294,7 +343,7 @@ class Cursor {
     return this.uint(this.sizes.lengths);
   }
 
-  bytes(n: number): Buffer {
+  bytes(n: number): Uint8Array {
     const at = this.take(n);
     return this.buf.subarray(at, at + n);
   }
@@ -310,7 +359,7 @@ class Cursor {
   }
 
   signature(expected: string): void {
-    const got = this.bytes(expected.length).toString('latin1');
+    const got = latin1(this.bytes(expected.length));
     if (got !== expected) throw this.fail(`expected signature "${expected}", got ${JSON.stringify(got)}`);
   }
 }
@@ -318,16 +367,16 @@ class Cursor {
 export const pad8 = (n: number): number => (n + 7) & ~7;
 
 /** A NUL-terminated (or NUL-padded) string. */
-const cString = (b: Buffer): string => {
+const cString = (b: Uint8Array): string => {
   const end = b.indexOf(0);
-  return b.subarray(0, end < 0 ? b.length : end).toString('utf8');
+  return utf8(b.subarray(0, end < 0 ? b.length : end));
 };
 
 // ---------------------------------------------------------------------------------------------------------------
 // Superblock (spec II.A)
 // ---------------------------------------------------------------------------------------------------------------
 
-export const SIGNATURE = Buffer.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]);
+export const SIGNATURE = Uint8Array.from([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]);
 
 interface Superblock {
   readonly version: number;
@@ -340,7 +389,7 @@ interface Superblock {
 /** The signature is at 0 or, after a user block, at 512, 1024, 2048, ... */
 function findSignature(src: Source): number {
   for (let pos = 0; pos + 8 <= src.size; pos = pos === 0 ? 512 : pos * 2) {
-    if (src.read(pos, 8, 'signature').equals(SIGNATURE)) return pos;
+    if (sameBytes(src.read(pos, 8, 'signature'), SIGNATURE)) return pos;
   }
   throw new Error(`${src.file}: not an HDF5 file (no HDF5 signature at byte 0, 512, 1024, ...)`);
 }
@@ -430,7 +479,7 @@ function readObjectHeader(src: Source, sizes: Sizes, address: number, what: stri
   if (address === UNDEFINED) throw new Error(`${src.file}: ${what} has an undefined address`);
   const first = src.read(address, 4, what);
   const messages =
-    first.toString('latin1') === 'OHDR' ? readHeaderV2(src, sizes, address, what) : readHeaderV1(src, sizes, address, what);
+    latin1(first) === 'OHDR' ? readHeaderV2(src, sizes, address, what) : readHeaderV1(src, sizes, address, what);
   for (const m of messages) {
     if (m.flags & SHARED_FLAG && DECODED.has(m.type)) {
       throw new Error(`${src.file}: ${what}: message type 0x${m.type.toString(16)} is shared (committed); not supported`);
@@ -656,7 +705,7 @@ function decodeLink(c: Cursor): { name: string; address: number } {
   if (flags & 0x04) c.skip(8); // creation order
   if (flags & 0x10) c.skip(1); // name character set
   const nameLength = c.uint(1 << (flags & 0x03));
-  const name = c.bytes(nameLength).toString('utf8');
+  const name = utf8(c.bytes(nameLength));
   if (type !== 0) {
     throw c.fail(`link "${name}" is a ${type === 1 ? 'soft' : type === 64 ? 'external' : `type ${type}`} link; only hard links are supported`);
   }
@@ -684,14 +733,14 @@ function attributesAreDense(c: Cursor): boolean {
 // ---------------------------------------------------------------------------------------------------------------
 
 class GlobalHeap {
-  private readonly collections = new Map<number, Map<number, Buffer>>();
+  private readonly collections = new Map<number, Map<number, Uint8Array>>();
 
   constructor(
     private readonly src: Source,
     private readonly sizes: Sizes,
   ) {}
 
-  object(address: number, index: number, what: string): Buffer {
+  object(address: number, index: number, what: string): Uint8Array {
     let objects = this.collections.get(address);
     if (objects === undefined) {
       objects = this.readCollection(address, what);
@@ -703,7 +752,7 @@ class GlobalHeap {
   }
 
   /** "GCOL", version, reserved, collection size; then objects (index, refcount, reserved, size, data padded to 8). */
-  private readCollection(address: number, what: string): Map<number, Buffer> {
+  private readCollection(address: number, what: string): Map<number, Uint8Array> {
     const label = `global heap collection of ${what}`;
     const head = new Cursor(this.src.read(address, 8 + this.sizes.lengths, label), this.sizes, `${this.src.file}: ${label}`, address);
     head.signature('GCOL');
@@ -711,7 +760,7 @@ class GlobalHeap {
     const size = head.length();
     const c = new Cursor(this.src.read(address, size, label), this.sizes, head.what, address);
     c.skip(8 + this.sizes.lengths);
-    const objects = new Map<number, Buffer>();
+    const objects = new Map<number, Uint8Array>();
     while (c.remaining >= 8 + this.sizes.lengths) {
       const index = c.u16();
       if (index === 0) break; // free space: the rest of the collection
@@ -755,7 +804,7 @@ function decodeElement(type: H5Type, c: Cursor, heap: GlobalHeap): string | numb
       return decodeInt(c.bytes(type.size), type.signed, type.le, c);
     case 'float': {
       const b = c.bytes(DTYPE_BYTES[type.dtype]);
-      const le = type.le ? b : Buffer.from(b).reverse();
+      const le = type.le ? b : Uint8Array.from(b).reverse();
       return widenScalar(type.dtype, le);
     }
     case 'string': {
@@ -768,15 +817,15 @@ function decodeElement(type: H5Type, c: Cursor, heap: GlobalHeap): string | numb
       const address = c.address();
       const index = c.u32();
       if (length === 0) return '';
-      return heap.object(address, index, c.what).subarray(0, length).toString('utf8');
+      return utf8(heap.object(address, index, c.what).subarray(0, length));
     }
     default:
       throw c.fail(`unsupported attribute type: ${describeType(type)}`);
   }
 }
 
-function decodeInt(b: Buffer, signed: boolean, le: boolean, c: Cursor): number {
-  const bytes = le ? b : Buffer.from(b).reverse();
+function decodeInt(b: Uint8Array, signed: boolean, le: boolean, c: Cursor): number {
+  const bytes = le ? b : Uint8Array.from(b).reverse();
   let v = 0n;
   for (let i = bytes.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[i]);
   if (signed && bytes[bytes.length - 1] & 0x80) v -= 1n << BigInt(8 * bytes.length);
@@ -786,16 +835,17 @@ function decodeInt(b: Buffer, signed: boolean, le: boolean, c: Cursor): number {
 }
 
 /** One little-endian float element as a number. */
-function widenScalar(dtype: FloatDType, b: Buffer): number {
+function widenScalar(dtype: FloatDType, b: Uint8Array): number {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
   switch (dtype) {
     case 'float16':
-      return halfToNumber(b.readUInt16LE(0));
+      return halfToNumber(view.getUint16(0, true));
     case 'bfloat16':
-      return bfloat16ToNumber(b.readUInt16LE(0));
+      return bfloat16ToNumber(view.getUint16(0, true));
     case 'float32':
-      return b.readFloatLE(0);
+      return view.getFloat32(0, true);
     case 'float64':
-      return b.readDoubleLE(0);
+      return view.getFloat64(0, true);
   }
 }
 
@@ -831,7 +881,7 @@ function readSymbolTable(src: Source, sizes: Sizes, btree: number, localHeap: nu
   return entries;
 }
 
-function readSymbolNode(src: Source, sizes: Sizes, address: number, names: Buffer, what: string): [string, number][] {
+function readSymbolNode(src: Source, sizes: Sizes, address: number, names: Uint8Array, what: string): [string, number][] {
   const label = `symbol table node of ${what}`;
   const head = new Cursor(src.read(address, 8, label), sizes, `${src.file}: ${label}`, address);
   head.signature('SNOD');
@@ -849,7 +899,7 @@ function readSymbolNode(src: Source, sizes: Sizes, address: number, names: Buffe
 }
 
 /** "HEAP", version, reserved, data segment size, free list offset, data segment address. */
-function readLocalHeap(src: Source, sizes: Sizes, address: number, label: string): Buffer {
+function readLocalHeap(src: Source, sizes: Sizes, address: number, label: string): Uint8Array {
   const head = new Cursor(src.read(address, 8 + 2 * sizes.lengths + sizes.offsets, label), sizes, `${src.file}: ${label}`, address);
   head.signature('HEAP');
   head.skip(4);
@@ -867,7 +917,11 @@ export const showPath = (path: string): string => (path === '' ? '/' : path);
 export const joinPath = (parent: string, name: string): string => (parent === '' ? name : `${parent}/${name}`);
 
 function indexFd(file: string, fd: number): H5Index {
-  const src = new Source(file, fd, fs.fstatSync(fd).size);
+  return indexSource(new Source(file, fs.fstatSync(fd).size, (dst, pos) => readFully(fd, file, dst, pos)));
+}
+
+function indexSource(src: Source): H5Index {
+  const file = src.file;
   const sb = readSuperblock(src);
   src.expectedSize = sb.expectedSize;
   const heap = new GlobalHeap(src, sb.sizes);

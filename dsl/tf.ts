@@ -23,3 +23,8 @@ export type { Tensor, Rank } from '@tensorflow/tfjs-core';
 // before the first op: start on cpu, which initialises synchronously, so plain synchronous use works;
 // `setBackend('auto' | ...)` (src/runtime/backend.ts) moves to a faster one.
 void tf.setBackend('cpu');
+// tfjs-backend-cpu prints a banner suggesting tfjs-node on its first tensor in Node (backend_cpu.ts
+// `firstUse`); a library must not print on its users' stderr. The cpu factory is synchronous, so the
+// instance exists by now.
+const cpuBackend = tf.findBackend('cpu') as unknown as { firstUse?: boolean } | null;
+if (cpuBackend != null) cpuBackend.firstUse = false;

@@ -1,13 +1,26 @@
-// Build: one CommonJS bundle of the library (dist/index.js), one per spec file (dist/spec/**), the bench.
+// Build: the package (dist/index.js and its views), one bundle per spec file (dist/spec/**), the bench.
 //
 // Why a bundler: tfjs-core 4.22's ESM build cannot be loaded by Node (extensionless imports) and its CommonJS
 // build registers no gradients. esbuild with mainFields [module, main] bundles the ESM builds of tfjs-core
 // and the backends into CommonJS that plain `node` runs, keeping the packages' side-effect imports (kernel
 // and gradient registration: tfjs lists them under "sideEffects", which esbuild honours). The native
-// `webgpu` addon stays external. Types come from `tsc --emitDeclarationOnly`.
+// `webgpu` addon stays external (an optional peer, loaded only when the webgpu backend is asked for). Types
+// come from `tsc --emitDeclarationOnly`.
+//
+// What the package ships (package.json "exports"):
+//   dist/index.js     CommonJS: the library, with the one TensorFlow.js inside; no source map
+//   dist/index.mjs    ESM: the same module's exports, named (Node's "ES module wrapper" for dual packages: a
+//                     second, ESM bundle would hold a second TensorFlow.js, and tensors of one engine are
+//                     foreign to the other)
+//   dist/testing.js   CommonJS: `paligemma-ts/testing`, a view of the kit bundled inside dist/index.js
+//   dist/testing.mjs  ESM: the same, named
+//   dist/browser.mjs  ESM for browsers: `paligemma-ts/browser` (src/browser.ts), minified, Node's modules
+//                     replaced by stubs that throw (see nodeOnly below)
+//   dist/types/       declarations
+// Developers' bundles (dist/spec/**, dist/bench.js) keep their source maps and are not shipped.
 import * as esbuild from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { readdirSync, statSync, rmSync, existsSync } from 'node:fs';
+import { readdirSync, statSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -32,10 +45,69 @@ const common = {
   define: { 'process.env.NODE_ENV': '"production"' },
 };
 
+// The library entry: the public API, and the testing kit under one key that the views below pick up (a
+// separately bundled kit would carry its own TensorFlow.js).
+const TESTING_KEY = '__paligemmaTesting';
+const libraryEntry = {
+  contents: `export * from './src/index';\nexport * as ${TESTING_KEY} from './src/testing/index';\n`,
+  resolveDir: root,
+  sourcefile: 'package-entry.ts',
+  loader: 'ts',
+};
+
+// The browser build: Node's built-in modules (and pngjs, the native webgpu addon) resolve to stubs whose
+// every export throws "<module>.<name> is Node-only", so that Node-only paths (file names, caches, pngjs) are
+// inert in a page and say so if reached. The stubs are side-effect free: what the browser path does not
+// use, esbuild drops, and spec/browser.spec.ts checks what remains.
+const NODE_ONLY = /^(node:.*|fs|path|os|zlib|module|url|util|stream|events|assert|crypto|child_process|worker_threads|perf_hooks|buffer|pngjs|webgpu)$/;
+const nodeOnly = {
+  name: 'node-only',
+  setup(build) {
+    build.onResolve({ filter: NODE_ONLY }, (args) =>
+      // packages map their Node-only requires to nothing themselves ("browser": {"fs": false}); ours get stubs
+      args.importer.includes('/node_modules/') && !/^(pngjs|webgpu)$/.test(args.path)
+        ? undefined
+        : { path: args.path.replace(/^node:/, ''), namespace: 'node-only', sideEffects: false },
+    );
+    build.onLoad({ filter: /.*/, namespace: 'node-only' }, async (args) => {
+      const names = args.path === 'pngjs' ? ['PNG'] : args.path === 'webgpu' ? [] : Object.keys(await import(`node:${args.path}`));
+      const valid = names.filter((n) => /^[A-Za-z_$][\w$]*$/.test(n) && n !== 'default');
+      const stub = (n) => `export const ${n} = /* @__PURE__ */ nodeOnly(${JSON.stringify(`${args.path}.${n}`)});`;
+      return {
+        loader: 'js',
+        contents:
+          `function nodeOnly(name) {\n` +
+          `  return function () { throw new Error(name + ' is Node-only: not in the browser build of paligemma-ts (pass bytes, see paligemma-ts/browser)'); };\n` +
+          `}\n${valid.map(stub).join('\n')}\nexport default {};\n`,
+      };
+    });
+  },
+};
+const browserBuild = () =>
+  esbuild.build({
+    entryPoints: [join(root, 'src/browser.ts')],
+    outfile: join(root, 'dist/browser.mjs'),
+    bundle: true,
+    platform: 'browser',
+    format: 'esm',
+    target: 'es2022',
+    mainFields: ['browser', 'module', 'main'],
+    minify: true,
+    legalComments: 'eof',
+    logLevel: 'warning',
+    define: { 'process.env.NODE_ENV': '"production"' },
+    plugins: [nodeOnly],
+  });
+
 // dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
-const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
+// the specs, and the module ava loads before each of them (package.json "ava.require")
+const specs =
+  existsSync(join(root, 'spec')) && !process.argv.includes('--no-specs')
+    ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f === join('spec', 'helpers', 'setup.ts'))
+    : [];
 await Promise.all([
-  esbuild.build({ ...common, entryPoints: { index: join(root, 'src/index.ts') }, outdir: join(root, 'dist') }),
+  esbuild.build({ ...common, stdin: libraryEntry, outfile: join(root, 'dist/index.js'), sourcemap: false }),
+  browserBuild(),
   existsSync(join(root, 'src/cli/bench.ts')) &&
     esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/cli/bench.ts') }, outdir: join(root, 'dist') }),
   specs.length &&
@@ -46,6 +118,24 @@ await Promise.all([
       outdir: join(root, 'dist'),
     }),
 ]);
+for (const stale of ['dist/index.js.map']) rmSync(join(root, stale), { force: true });
+
+// The views: dist/testing.js, and the ESM wrappers listing the CommonJS exports by name (asked of the built
+// bundle in a child process: loading it here would start TensorFlow.js in the build).
+const [names, testingNames] = JSON.parse(
+  execFileSync(
+    process.execPath,
+    ['-p', `const m = require(${JSON.stringify(join(root, 'dist/index.js'))}); JSON.stringify([Object.keys(m), Object.keys(m.${TESTING_KEY})])`],
+    { encoding: 'utf8' },
+  ),
+);
+const esmView = (keys, of = 'm') =>
+  `// ESM view of dist/index.js (scripts/build.mjs): one module, one TensorFlow.js.\n` +
+  `import m from './index.js';\n` +
+  `export const { ${keys.join(', ')} } = ${of};\n`;
+writeFileSync(join(root, 'dist/testing.js'), `'use strict';\n// paligemma-ts/testing: the kit inside dist/index.js (scripts/build.mjs).\nmodule.exports = require('./index.js').${TESTING_KEY};\n`);
+writeFileSync(join(root, 'dist/index.mjs'), esmView(names.filter((n) => n !== TESTING_KEY)));
+writeFileSync(join(root, 'dist/testing.mjs'), esmView(testingNames, `m.${TESTING_KEY}`));
 if (!process.argv.includes('--no-types')) {
   // the project's own TypeScript: node_modules/.bin/tsc may be tslab's bundled 5.0 (a devDependency for the notebook)
   execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });

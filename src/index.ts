@@ -25,6 +25,7 @@ export { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
 
 // presets, text, images, generation, training
 export * from './runtime/preset';
+export { PRESETS, SHIPPED_PRESETS, findPreset, findShippedPreset, presetNames, type PresetInfo, type ShippedPreset } from '../checkpoints/presets';
 export * from './text/tokenizer';
 export * from './preprocess/image';
 export * from './preprocess/packing';

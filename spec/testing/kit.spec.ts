@@ -15,7 +15,8 @@ import { backbone } from '../../models/paligemma';
 import { vit } from '../../models/siglip';
 import { initParams } from '../../checkpoints/init';
 import { decodeConfig, encodeConfig } from '../../checkpoints/config';
-import { ConfigError, configProblems, configs, disposeInputs, inputsFor, inputSpecs, randomInputs, uniforms, validateConfig } from '../../src/testing';
+import { ConfigError, configProblems, configs, defaultPresetDir, disposeInputs, inputsFor, inputSpecs, memoryNeutral, randomInputs, uniforms, validateConfig } from '../../src/testing';
+import { SHIPPED_PRESETS } from '../../checkpoints/presets';
 import { test } from '../helpers/backends';
 
 const TINY: PaliGemmaConfig = {
@@ -174,4 +175,23 @@ test('the kit is a plain module: fast-check and the package entry, no test runne
   const source = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'src', 'testing', 'index.ts'), 'utf8');
   const imports = [...source.matchAll(/^(?:import|export) .* from '([^']+)';$/gm)].map((m) => m[1]);
   t.deepEqual(imports, ['fast-check', '../index', '../index']);
+});
+
+test('memoryNeutral returns the result and the counts, and names a leak with both counts', async (t) => {
+  const before = tf.memory().numTensors;
+  const ok = await memoryNeutral(() => tf.tidy(() => tf.add(tf.scalar(1), tf.scalar(2)).dataSync()[0]));
+  t.deepEqual(ok, { result: 3, tensorsBefore: before, tensorsAfter: before });
+  let leaked: tf.Tensor | undefined;
+  await t.throwsAsync(
+    memoryNeutral(async () => {
+      leaked = tf.scalar(1);
+    }, 'the leaky thing'),
+    { message: `the leaky thing is not memory-neutral: ${before} tensors before, ${before + 1} after` },
+  );
+  leaked!.dispose();
+});
+
+test('defaultPresetDir is the first shipped preset, in this checkout', (t) => {
+  t.is(defaultPresetDir(), path.resolve(SHIPPED_PRESETS[0].dir));
+  t.true(fs.existsSync(path.join(defaultPresetDir(), 'model.weights.h5')));
 });

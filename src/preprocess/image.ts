@@ -127,6 +127,8 @@ function checkPngChunks(bytes: Uint8Array, name: string): void {
 
 function decodePng(bytes: Uint8Array, name: string): RawImage {
   checkPngChunks(bytes, name);
+  // pngjs needs Node (Buffer, zlib); the browser build (paligemma-ts/browser) has its own decoder
+  if (typeof Buffer === 'undefined') throw new Error(`decodeImage: '${name}' is a PNG, and PNG bytes decode in Node only; in a browser use decodeImageInBrowser`);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let png: ReturnType<typeof PNG.sync.read> & { transColor?: number[] };
   try {

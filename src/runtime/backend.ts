@@ -20,9 +20,9 @@
  * an allocation that fails can silently overwrite a live tensor (MEASURED.md). `assertFitsBackend` refuses
  * work that would cross a safe line, with an error that names the sizes and the way out.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { BackendWasm, getThreadsCount, setThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
@@ -105,10 +105,16 @@ function wasmPackageDir(): string {
 
 // Point the stock factory at the installed binaries now, so a plain tf.setBackend('wasm') also works.
 if (isNode) setWasmPaths(join(wasmPackageDir(), 'dist') + '/');
-// tfjs' own single-threaded factory, kept so we can put it back after a threaded one.
-const stockWasmFactory = tf.findBackendFactory('wasm');
+// tfjs' own single-threaded factory, kept so we can put it back after a threaded one; wrapped so that a plain
+// tf.setBackend('wasm') also leaves no Emscripten process handlers behind (see withoutNewProcessHandlers).
+const tfjsWasmFactory = tf.findBackendFactory('wasm');
+const stockWasmFactory = tfjsWasmFactory && (async () => withoutNewProcessHandlers(async () => tfjsWasmFactory()));
 const WASM_PRIORITY = 2; // tfjs' own
 let wasmThreadsRegistered = 1;
+if (stockWasmFactory != null) {
+  tf.removeBackend('wasm');
+  tf.registerBackend('wasm', stockWasmFactory, WASM_PRIORITY);
+}
 let wasmSimd = false; // known once a wasm backend has started
 let wasmStartError: string | undefined; // why the last threaded start failed
 
@@ -117,6 +123,38 @@ export function defaultWasmThreads(): number {
   const env = isNode ? Number(process.env.PALIGEMMA_WASM_THREADS) : NaN;
   return Number.isInteger(env) && env >= 1 ? env : 1;
 }
+
+/**
+ * Runs `start` (which starts an Emscripten module) and removes the process handlers Emscripten added.
+ *
+ * Emscripten's Node glue (tfjs' bundled copy and the raw wasm-out/ one alike) installs
+ * `process.on('uncaughtException', function (ex) { if (!(ex instanceof ExitStatus)) throw ex })` and
+ * `process.on('unhandledRejection', function (reason) { throw reason })`. Throwing from an uncaughtException
+ * handler makes Node exit with code 7 instead of the user's own error's code 1, and prints the glue's line
+ * instead of the user's; the unhandledRejection one overrides the user's `--unhandled-rejections` mode.
+ * Node's defaults already crash on both, so a library must not keep them. tfjs' init adds them after an await,
+ * so we look once `start` settles, and take back only new listeners with exactly those bodies: a handler the
+ * user adds while the module loads is left alone. (spec/runtime/hygiene.spec.ts fails if the glue changes.)
+ */
+export async function withoutNewProcessHandlers<T>(start: () => Promise<T>): Promise<T> {
+  if (!isNode) return start();
+  const emitter: NodeJS.EventEmitter = process;
+  const before = processEvents.map((e) => emitter.listeners(e));
+  try {
+    return await start();
+  } finally {
+    processEvents.forEach((e, i) => {
+      for (const l of emitter.listeners(e)) {
+        if (!before[i].includes(l) && isEmscriptenHandler(l)) emitter.removeListener(e, l as () => void);
+      }
+    });
+  }
+}
+const isEmscriptenHandler = (listener: unknown): boolean => {
+  const source = typeof listener === 'function' ? Function.prototype.toString.call(listener) : '';
+  return /\binstanceof\s+ExitStatus\b/.test(source) || /^function\s*\(\s*(\w+)\s*\)\s*\{\s*throw\s+\1;?\s*\}$/.test(source);
+};
+const processEvents = ['uncaughtException', 'unhandledRejection'] as const;
 
 /**
  * The Emscripten module of tfjs-backend-wasm's threaded SIMD build, set up for Node without tfjs' `init`:
@@ -141,35 +179,26 @@ async function threadedWasmModule(threads: number): Promise<unknown> {
     `new Function('require', '__filename', ${JSON.stringify(workerSource)})` +
     `(createRequire(${JSON.stringify(glue)}), ${JSON.stringify(glue)});\n`;
   const workerUrl = new URL(`data:text/javascript,${encodeURIComponent(boot)}`);
-  // Emscripten adds process handlers that rethrow any uncaught error from inside its one-line, 50 KB glue
-  // (Node then prints that whole line); tfjs' bundled copy is reformatted, this raw one is not. Node's
-  // defaults already crash on both, so we take the handlers back out.
-  const emitter: NodeJS.EventEmitter = process;
-  const events = ['uncaughtException', 'unhandledRejection'];
-  const before = events.map((e) => emitter.listeners(e));
   let failed: (e: unknown) => void = () => {};
   const failure = new Promise<never>((_, reject) => (failed = reject));
-  const creation = factory({
-    locateFile: (path: string, prefix: string) =>
-      path.endsWith('.worker.js') ? workerUrl : path.endsWith('.wasm') ? binary : prefix + path,
-    mainScriptUrlOrBlob: glue,
-    instantiateWasm: (info: { env: Record<string, unknown> }, receive: (i: unknown, m: unknown) => void) => {
-      const imports = { ...info, env: { ...info.env, emscripten_num_logical_cores: () => 2 * threads } };
-      WebAssembly.instantiate(readFileSync(binary), imports as WebAssembly.Imports).then(
-        ({ instance, module }) => receive(instance, module),
-        failed, // else Emscripten would wait for ever
-      );
-      return {}; // Emscripten: instantiation continues asynchronously
-    },
-  });
-  let module;
-  try {
-    module = await Promise.race([creation, failure]);
-  } finally {
-    events.forEach((e, i) => {
-      for (const l of emitter.listeners(e)) if (!before[i].includes(l)) emitter.removeListener(e, l as () => void);
-    });
-  }
+  const module = await withoutNewProcessHandlers(() =>
+    Promise.race([
+      factory({
+        locateFile: (path: string, prefix: string) =>
+          path.endsWith('.worker.js') ? workerUrl : path.endsWith('.wasm') ? binary : prefix + path,
+        mainScriptUrlOrBlob: glue,
+        instantiateWasm: (info: { env: Record<string, unknown> }, receive: (i: unknown, m: unknown) => void) => {
+          const imports = { ...info, env: { ...info.env, emscripten_num_logical_cores: () => 2 * threads } };
+          WebAssembly.instantiate(readFileSync(binary), imports as WebAssembly.Imports).then(
+            ({ instance, module }) => receive(instance, module),
+            failed, // else Emscripten would wait for ever
+          );
+          return {}; // Emscripten: instantiation continues asynchronously
+        },
+      }),
+      failure,
+    ]),
+  );
   module.tfjs = {
     init: module.cwrap('init', null, []),
     initWithThreadsCount: module.cwrap('init_with_threads_count', null, ['number']),
@@ -229,6 +258,71 @@ export const noAdapterMessage = isNode
     `VK_ICD_FILENAMES=${SWIFTSHADER_ICD}. Or use --backend wasm.`
   : 'webgpu: no WebGPU adapter. Use a browser with WebGPU enabled (navigator.gpu), or the wasm backend.';
 
+export const webgpuMissingMessage =
+  "webgpu: the optional 'webgpu' package (Dawn for Node, ~130 MB) is not installed: npm install webgpu. " +
+  'Or use --backend wasm.';
+
+/**
+ * One runtime directory per user for the Vulkan loader, reused by every process: `<tmpdir>/paligemma-xdg-<uid>`,
+ * mode 0700. If that path exists but is not a directory we own and alone can enter (a link, another user's,
+ * group- or world-accessible), we make a fresh one and remove it when the process exits.
+ */
+export function privateRuntimeDir(): string {
+  const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
+  const shared = join(tmpdir(), `paligemma-xdg-${uid ?? 'user'}`);
+  try {
+    mkdirSync(shared, { mode: 0o700 });
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'EEXIST') return throwaway();
+  }
+  const st = lstatSync(shared);
+  const ours = st.isDirectory() && !st.isSymbolicLink() && (uid === undefined || st.uid === uid) && (st.mode & 0o077) === 0;
+  return ours ? shared : throwaway();
+}
+function throwaway(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'paligemma-xdg-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * Linux: the Vulkan ICD manifests (drivers) the loader would find: `VK_DRIVER_FILES` / `VK_ICD_FILENAMES`
+ * when set (they replace the search), else the `vulkan/icd.d` folders under XDG_CONFIG_DIRS, /etc,
+ * XDG_DATA_HOME and XDG_DATA_DIRS (the loader's search order), plus `VK_ADD_DRIVER_FILES`. Without any, Dawn
+ * can only fail, printing native warnings ("vkCreateInstance: Found no drivers!"), so we do not ask it.
+ * Other systems (Metal, D3D12) answer undefined: we cannot tell without asking.
+ */
+export function vulkanDrivers(env: NodeJS.ProcessEnv = isNode ? process.env : {}): string[] | undefined {
+  if (!isNode || process.platform !== 'linux') return undefined;
+  const list = (v: string | undefined): string[] => (v ?? '').split(':').filter((f) => f !== '');
+  const manifests = (dir: string): string[] => {
+    try {
+      return readdirSync(dir).filter((n) => n.endsWith('.json')).map((n) => join(dir, n));
+    } catch {
+      return [];
+    }
+  };
+  const expand = (f: string): string[] => {
+    try {
+      return lstatSync(f).isDirectory() ? manifests(f) : [f];
+    } catch {
+      return [];
+    }
+  };
+  const added = list(env.VK_ADD_DRIVER_FILES).flatMap(expand);
+  const override = list(env.VK_DRIVER_FILES ?? env.VK_ICD_FILENAMES);
+  if (override.length > 0) return [...override.flatMap(expand), ...added];
+  const home = env.HOME ?? homedir();
+  const dirs = [
+    ...list(env.XDG_CONFIG_DIRS || '/etc/xdg'),
+    '/usr/local/etc',
+    '/etc',
+    env.XDG_DATA_HOME || join(home, '.local', 'share'),
+    ...list(env.XDG_DATA_DIRS || '/usr/local/share:/usr/share'),
+  ];
+  return [...new Set(dirs)].flatMap((d) => manifests(join(d, 'vulkan', 'icd.d'))).concat(added);
+}
+
 let nodeGpu: GpuLike | undefined;
 /** navigator.gpu, or in Node a GPU from the `webgpu` package installed as navigator.gpu (tfjs looks there). */
 function gpu(): GpuLike | undefined {
@@ -238,12 +332,13 @@ function gpu(): GpuLike | undefined {
   if (nodeGpu == null) {
     let dawn: { create(flags: string[]): GpuLike; globals: Record<string, unknown> };
     // The Vulkan loader prints "XDG_RUNTIME_DIR is invalid or not set" on stderr for every adapter probe
-    // when the variable is unset (CI, containers, `auto` on a machine without a GPU); a private directory
-    // is what it wants.
-    if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = mkdtempSync(join(tmpdir(), 'paligemma-xdg-'));
+    // when the variable is unset (CI, containers); a private directory is what it wants.
+    if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = privateRuntimeDir();
     try {
       dawn = nodeRequire!('webgpu');
     } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'MODULE_NOT_FOUND' && /'webgpu'/.test((e as Error).message)) throw new Error(webgpuMissingMessage);
       throw new Error(`webgpu: the 'webgpu' package (Dawn for Node) does not load: ${(e as Error).message}`);
     }
     nodeGpu = dawn.create([]);
@@ -260,7 +355,13 @@ function gpu(): GpuLike | undefined {
   return nodeGpu;
 }
 
+/** Node on Linux without a navigator.gpu and without any Vulkan ICD manifest. */
+const noVulkanDriver = (): boolean =>
+  (globalThis as { navigator?: { gpu?: unknown } }).navigator?.gpu == null && vulkanDrivers()?.length === 0;
+
 const defaultRequestAdapter: RequestAdapter = async () => {
+  // No driver: no adapter, and Dawn is not loaded (it would print native warnings on its way to null).
+  if (noVulkanDriver()) return null;
   const g = gpu();
   return g == null ? null : g.requestAdapter({ powerPreference: 'high-performance' });
 };
@@ -402,7 +503,9 @@ async function setAuto(options: BackendOptions): Promise<BackendInfo> {
     }
     why =
       adapter == null
-        ? 'no WebGPU adapter'
+        ? options.requestAdapter == null && noVulkanDriver()
+          ? 'no Vulkan driver, so no WebGPU adapter'
+          : 'no WebGPU adapter'
         : `the only WebGPU adapter is a software one (${describeAdapter(adapter).description}), ~100x slower than wasm`;
   } catch (e) {
     why = `WebGPU is unavailable (${(e as Error).message})`;

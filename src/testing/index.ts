@@ -21,7 +21,7 @@
 import fc from 'fast-check';
 // Everything else comes through the package's own entry, so a separately built kit (dist/testing.js with
 // '../index' external) makes its tensors with the package's one TensorFlow.js, not a second copy.
-import { tf, d, CONFIG_DEFAULTS, type BackboneInputs, type PaliGemmaConfig, type VitPooling } from '../index';
+import { tf, d, CONFIG_DEFAULTS, SHIPPED_PRESETS, shippedPresetDir, type BackboneInputs, type PaliGemmaConfig, type VitPooling } from '../index';
 
 export { ConfigError, configProblems, validateConfig, validateVitConfig, vitConfigProblems } from '../index';
 
@@ -236,3 +236,31 @@ export function randomInputs(config: PaliGemmaConfig, batch: number, length: num
 
 /** Frees what `randomInputs` made. */
 export const disposeInputs = (x: BackboneInputs): void => d.disposeTree(x);
+
+// ---------------------------------------------------------------------------------------------------------
+// The shipped preset, memory neutrality
+// ---------------------------------------------------------------------------------------------------------
+
+/** The directory of the package's default shipped preset (the first of SHIPPED_PRESETS). */
+export const defaultPresetDir = (): string => shippedPresetDir(SHIPPED_PRESETS[0]);
+
+/** What `memoryNeutral` measured. */
+export interface MemoryReport<T> {
+  readonly result: T;
+  readonly tensorsBefore: number;
+  readonly tensorsAfter: number;
+}
+
+/**
+ * Runs `f` and throws when it leaves tensors behind or frees tensors it did not make
+ * (`tf.memory().numTensors` before != after), naming `what` and both counts.
+ */
+export async function memoryNeutral<T>(f: () => T | Promise<T>, what = 'the function'): Promise<MemoryReport<T>> {
+  const tensorsBefore = tf.memory().numTensors;
+  const result = await f();
+  const tensorsAfter = tf.memory().numTensors;
+  if (tensorsAfter !== tensorsBefore) {
+    throw new Error(`${what} is not memory-neutral: ${tensorsBefore} tensors before, ${tensorsAfter} after`);
+  }
+  return { result, tensorsBefore, tensorsAfter };
+}
