@@ -348,12 +348,8 @@ export function generationBytes(c: PaliGemmaConfig, batch: number, maxLength: nu
   return { cache, prefill, total: 2 * cache + prefill + 2 * batch * c.vocabulary_size * 4 };
 }
 
-/**
- * Refuses, before anything is allocated, a buffer the model cannot take: maxLength must be a positive
- * integer, image + text positions at most MAX_POSITIONS, and the tensors (generationBytes) must fit the
- * backend (the wasm heap line, WebGPU's largest buffer binding).
- */
-export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLength: number, who: string, promptWidth = maxLength): void {
+/** maxLength a positive integer, and image + text positions at most MAX_POSITIONS. */
+export function checkMaxLength(c: PaliGemmaConfig, maxLength: number, who: string): void {
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new Error(`${who}: maxLength must be a positive integer, got ${maxLength}`);
   const n = imageSequenceLength(c);
   if (n + maxLength > MAX_POSITIONS) {
@@ -362,6 +358,15 @@ export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLeng
         `(Gemma's max_position_embeddings), so maxLength can be at most ${MAX_POSITIONS - n}`,
     );
   }
+}
+
+/**
+ * Refuses, before anything is allocated, a buffer the model cannot take: maxLength must be a positive
+ * integer, image + text positions at most MAX_POSITIONS, and the tensors (generationBytes) must fit the
+ * backend (the wasm heap line, WebGPU's largest buffer binding).
+ */
+export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLength: number, who: string, promptWidth = maxLength): void {
+  checkMaxLength(c, maxLength, who);
   const bytes = generationBytes(c, batch, maxLength, promptWidth);
   const layerCache = bytes.cache / (2 * c.num_layers);
   const attention = bytes.prefill / 3;
@@ -482,7 +487,7 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const ids = await readRows(inputs.tokenIds, 'tokenIds');
   const width = ids[0]?.length ?? 0;
   const length = options.maxLength ?? width;
-  checkGenerationBounds(c, ids.length, length, 'generate');
+  checkMaxLength(c, length, 'generate');
   const plen = promptLengthsOf(await readRows(inputs.paddingMask, 'paddingMask'), ids, length);
   checkGenerationBounds(c, ids.length, length, 'generate', Math.max(...plen));
   checkTokenIds(c, ids, plen, 'generate');
