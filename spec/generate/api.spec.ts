@@ -12,6 +12,7 @@ import type { ExecutionContext } from 'ava';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { backbone, prefixLmMask, prefixLmMaskOps, prefixLmMaskValues, type PaliGemmaParams } from '../../models/paligemma';
+import { withCache } from '../../models/gemma';
 import type { Images } from '../../models/siglip';
 import { readBin, type BinEntry } from '../../src/cli/fixture';
 import { fromPreset, fromPresetAsync, loadPreset } from '../../src/runtime/preset';
@@ -94,7 +95,7 @@ backendTest('maxNewTokens: a per-row budget; tokens = the unbounded run, then 0 
       { row: 1, token: ROW1[13], position: 13, step: 2, finish: 'length' },
     ]);
   });
-});
+}, { webgpu: true });
 
 backendTest('onToken with a stop: row 0 streams through its <eos> and no further; an async callback is awaited', async (t) => {
   await withModel(async (p, images) => {
@@ -303,3 +304,28 @@ test.serial('fromPresetAsync = fromPreset, weight by weight with progress, the e
   d.disposeTree(lm.params);
   d.disposeTree(lmSync.params);
 });
+
+// -------------------------------------------------------------------------------------------------
+// the cache write
+// -------------------------------------------------------------------------------------------------
+
+backendTest('the fixed-size cache write: exact values at the written position, the rest untouched; analytic gradients', async (t) => {
+  const axes = ['batch', 'key_seq', 'kv_heads', 'head_dim'] as const;
+  // batch 2, key_seq 3, kv_heads 1, head_dim 2; row 0 writes position 2, row 1 position 0
+  const cache = [[[[1.5, -2]], [[3, 4]], [[0, 0]]], [[[0, 0]], [[7, 8]], [[9, -10]]]];
+  const fresh = [[[[0.1, 0.2]]], [[[-0.3, 1e-7]]]];
+  const write = [[0, 0, 1], [1, 0, 0]];
+  const before = tf.memory().numTensors;
+  const c = d.named(tf.tensor4d(cache), axes);
+  const f = d.named(tf.tensor4d(fresh), axes);
+  const w = d.named(tf.tensor2d(write, undefined, 'bool'), ['batch', 'key_seq'] as const);
+  const out = withCache(c, f, w);
+  t.deepEqual(await out.tensor.array(), [[[[1.5, -2]], [[3, 4]], [[Math.fround(0.1), Math.fround(0.2)]]], [[[Math.fround(-0.3), Math.fround(1e-7)]], [[7, 8]], [[9, -10]]]]);
+  // d/dcache = g * (1 - onehot), d/dfresh = sum over key_seq of g * onehot, for g = weights
+  const g = tf.tensor4d([[[[1, 2]], [[3, 4]], [[5, 6]]], [[[7, 8]], [[9, 10]], [[11, 12]]]]);
+  const [dc, df] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(withCache(d.named(a, axes), d.named(b, axes), w).tensor, g)))([c.tensor, f.tensor]);
+  t.deepEqual(await dc.array(), [[[[1, 2]], [[3, 4]], [[0, 0]]], [[[0, 0]], [[9, 10]], [[11, 12]]]]);
+  t.deepEqual(await df.array(), [[[[5, 6]]], [[[7, 8]]]]);
+  tf.dispose([c.tensor, f.tensor, w.tensor, out.tensor, g, dc, df]);
+  t.is(tf.memory().numTensors, before);
+}, { webgpu: true });

@@ -10,15 +10,20 @@
  *      [batch, key_seq = N + T, kv_heads, head_dim] per layer (keys after RoPE; zeros past the prefill).
  *      Row r's first token (text position P_r) comes from the prefill logits at its last prompt position.
  *   2. Decode step s = 1, 2, ...: every row feeds its newest token, text position t_r = P_r + s - 1, at
- *      cache position c_r = N + t_r: RoPE at c_r, its K/V written at c_r (a one-hot `where` over key_seq,
- *      nothing re-run), attention over keys j <= c_r (and j >= c_r - (window - 1) on sliding layers), and
+ *      cache position c_r = N + t_r: RoPE at c_r, its K/V written at c_r (cache * (1 - onehot) + onehot * new,
+ *      by broadcasting: no Tile/Select copies; nothing re-run), attention over keys j <= c_r (and
+ *      j >= c_r - (window - 1) on sliding layers; masks built on the host, uploaded once per step), and
  *      the logits sample text position t_r + 1. A row whose buffer is full is frozen (it writes nothing,
  *      its logits are dropped); a step costs one token per row plus attention over the N + T cache.
  *   3. Stop when every row has produced a stop token at a generated position (prompt and padding never
  *      count) or has a full buffer. A row that stopped keeps generating, masked, while others continue
  *      (as keras_hub); positions never reached hold 0.
+ *   A row also ends after `maxNewTokens` generated tokens (transformers' max_new_tokens; not keras_hub's).
  * Output mask (keras_hub's): with stop ids, true through a row's first generated stop token (inclusive),
- * false after it; a row that never stopped, or a call without stop ids, is all true.
+ * false after it; a row that never stopped, or a call without stop ids, is all true (false past a
+ * maxNewTokens budget). Finish reason per row: 'stop' (a stop id) or 'length' (buffer or budget).
+ * Streaming: `onToken` gets each kept token in step order, rows in order within a step, through a row's
+ * stop token and never after it.
  *
  * Why not keras_hub's batched schedule: keras_hub starts every row at the SHORTEST prompt's length and
  * re-feeds the longer prompts' tails through the causal decode path, overwriting their prefix-LM K/V
