@@ -220,7 +220,7 @@ backendTest('backbone: a token id outside the vocabulary is refused on the host 
   });
 });
 
-test.serial('CLI: --max-length 1e9 and an out-of-range budget are refused with the limit, before loading anything big', async (t) => {
+test.serial('CLI: --max-length 1e9 and an out-of-range budget are refused with the limit, before generating', async (t) => {
   const errors: string[] = [];
   const io: Io = { out: () => undefined, err: (l) => errors.push(l) };
   t.is(await main(['generate', '--prompt', 'caption en', '--max-length', '1e9', '--backend', 'cpu'], io), 1);
