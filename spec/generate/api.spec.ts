@@ -7,6 +7,7 @@
  * keras_hub on cpu, wasm and webgpu in generate.spec.ts.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { tf } from '../../dsl/tf';
@@ -16,8 +17,8 @@ import { withCache } from '../../models/gemma';
 import type { Images } from '../../models/siglip';
 import { readBin, type BinEntry } from '../../src/cli/fixture';
 import { fromPreset, fromPresetAsync, loadPreset } from '../../src/runtime/preset';
-import { setMaxTensorBytes } from '../../src/runtime/backend';
-import { generate, MAX_POSITIONS, type TokenEvent } from '../../src/generate/generate';
+import { formatBytes, setBackend, setMaxTensorBytes } from '../../src/runtime/backend';
+import { checkGenerationBounds, generate, MAX_POSITIONS, type TokenEvent } from '../../src/generate/generate';
 import { generateText, loadCausalLM, loadCausalLMAsync, promptText, type TextTokenEvent } from '../../src/generate/causal_lm';
 import { readImage } from '../../src/preprocess/image';
 import { main, type Io } from '../../src/cli/cli';
@@ -218,6 +219,22 @@ backendTest('backbone: a token id outside the vocabulary is refused on the host 
       tf.dispose([inputs.token_ids.tensor, inputs.padding_mask.tensor, inputs.response_mask.tensor]);
     }
   });
+});
+
+test.serial('bounds on cpu: tensors beyond the machine\'s memory are refused, naming both sizes', async (t) => {
+  await setBackend('cpu');
+  const c = loadPreset(path.join(DIR, 'preset'));
+  try {
+    // 2 x 3 layers x 1e7 rows x (16 + 4000) keys x 2 kv heads x 8 x 4 bytes = 15.4 TB of KV cache
+    const message = await thrown(() => checkGenerationBounds(c.config, 1e7, 4000, 'generate'));
+    t.is(
+      message,
+      `generate: maxLength 4000 for 10000000 row(s) (KV cache ${formatBytes(2 * 3 * 1e7 * 4016 * 2 * 8 * 4)}, prefill attention ${formatBytes(3 * 1e7 * 4 * 4016 ** 2 * 4)}) ` +
+        `needs ${formatBytes(2 * (2 * 3 * 1e7 * 4016 * 2 * 8 * 4) + 3 * 1e7 * 4 * 4016 ** 2 * 4 + 2 * 1e7 * 2352 * 4)} of tensors, more than this machine's ${formatBytes(os.totalmem())} of memory`,
+    );
+  } finally {
+    d.disposeTree(c);
+  }
 });
 
 test.serial('CLI: --max-length 1e9 and an out-of-range budget are refused with the limit, before generating', async (t) => {

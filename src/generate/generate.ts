@@ -46,6 +46,7 @@
  *
  * Logits are read to the host each step (`await data()`, never dataSync: webgpu in Node has none).
  */
+import * as os from 'node:os';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Key, Named } from '../../dsl';
@@ -382,7 +383,12 @@ export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLeng
   if (biggest > maxTensorBytes()) {
     throw new Error(`${who}: maxLength ${maxLength} for ${batch} row(s) needs a ${formatBytes(biggest)} tensor; one buffer holds at most ${formatBytes(maxTensorBytes())} on this backend`);
   }
-  assertFitsBackend(bytes.total, `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`);
+  const what = `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`;
+  assertFitsBackend(bytes.total, what);
+  // cpu keeps tensors in the JS heap: more than the machine's memory would end in an out-of-memory abort
+  if (tf.getBackend() === 'cpu' && bytes.total > os.totalmem()) {
+    throw new Error(`${what} needs ${formatBytes(bytes.total)} of tensors, more than this machine's ${formatBytes(os.totalmem())} of memory`);
+  }
 }
 
 /** Rows of a [batch, seq] int tensor or of plain arrays. */
