@@ -251,6 +251,12 @@ export function paramsCodec(config: PaliGemmaConfig, source = 'weights'): t.Type
   );
 }
 
+/** Throws one error listing every missing, unexpected and mis-shaped weight (decodeParams' error), before any read. */
+export function checkWeights(config: PaliGemmaConfig, weights: WeightMap, source = 'weights'): void {
+  const problems = diffWeights(kerasLayout(config), weights);
+  if (problems.length > 0) throw new Error(`${source}: ${problems.length} problem(s) with the weights for this config:\n  ${problems.join('\n  ')}`);
+}
+
 /** Decode or throw one error listing every missing, unexpected and mis-shaped weight. */
 export function decodeParams(config: PaliGemmaConfig, weights: WeightMap, source = 'weights'): PaliGemmaParams {
   const result = paramsCodec(config, source).decode(weights);

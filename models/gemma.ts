@@ -92,7 +92,7 @@ const rms = (x: Hidden, p: RmsNormParams, eps: number): Hidden => d.rmsNorm(x, p
  * The keys (or values) attention reads: the cache then the new ones (concatenated), or, with a write mask,
  * the fixed-size cache with the one new position of each row written where the mask is true.
  */
-function withCache(cache: KV, fresh: KV, writeMask?: Named<readonly ['batch', 'key_seq']>): KV {
+export function withCache(cache: KV, fresh: KV, writeMask?: Named<readonly ['batch', 'key_seq']>): KV {
   if (!writeMask) return d.concat([cache, fresh], 'key_seq');
   if (fresh.size('key_seq') !== 1) throw new Error(`attention: a cache with a writeMask takes one new position per row, got ${d.describe(fresh)}`);
   d.checkSizes(writeMask, { batch: cache.size('batch'), key_seq: cache.size('key_seq') }, 'attention: cache writeMask');

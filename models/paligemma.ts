@@ -150,7 +150,7 @@ export function prefixLmMask(paddingMask: MaskRows, responseMask: MaskRows, imag
 }
 
 /** prefixLmMask with tensor ops (webgpu, whose tensors cannot be read synchronously). */
-function prefixLmMaskOps(
+export function prefixLmMaskOps(
   paddingMask: Named<readonly ['batch', 'seq']>,
   responseMask: Named<readonly ['batch', 'seq']>,
   imageTokens: number,

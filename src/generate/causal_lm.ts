@@ -10,7 +10,7 @@
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import { fromPreset, resolvePreset } from '../runtime/preset';
+import { fromPreset, fromPresetAsync, resolvePreset } from '../runtime/preset';
 import { loadTokenizer, type Tokenizer } from '../text/tokenizer';
 import { convertImages, type ImageSource } from '../preprocess/image';
 import { generatePostprocess, packGenerationBatch, specialTokenIds } from '../preprocess/packing';
@@ -27,6 +27,22 @@ export interface CausalLM {
 export function loadCausalLM(preset: string, options: { onProgress?: (done: number, total: number, what: string) => void } = {}): CausalLM {
   const params = fromPreset(preset, options);
   // fromPreset succeeded, so the preset's files are on disk: its tokenizer is beside the weights
+  const dir = resolvePreset(preset).dir!;
+  try {
+    return { params, tokenizer: loadTokenizer(dir) };
+  } catch (e) {
+    d.disposeTree(params);
+    throw e;
+  }
+}
+
+/**
+ * `loadCausalLM` without freezing the event loop: the weights are read by `fromPresetAsync` (one weight
+ * per macrotask, `onProgress` after each), then the tokenizer. Both forms stay: `loadCausalLM` is keras_hub's
+ * synchronous from_preset, this one transformers.js' awaited from_pretrained.
+ */
+export async function loadCausalLMAsync(preset: string, options: { onProgress?: (done: number, total: number, what: string) => void } = {}): Promise<CausalLM> {
+  const params = await fromPresetAsync(preset, options);
   const dir = resolvePreset(preset).dir!;
   try {
     return { params, tokenizer: loadTokenizer(dir) };

@@ -10,15 +10,20 @@
  *      [batch, key_seq = N + T, kv_heads, head_dim] per layer (keys after RoPE; zeros past the prefill).
  *      Row r's first token (text position P_r) comes from the prefill logits at its last prompt position.
  *   2. Decode step s = 1, 2, ...: every row feeds its newest token, text position t_r = P_r + s - 1, at
- *      cache position c_r = N + t_r: RoPE at c_r, its K/V written at c_r (a one-hot `where` over key_seq,
- *      nothing re-run), attention over keys j <= c_r (and j >= c_r - (window - 1) on sliding layers), and
+ *      cache position c_r = N + t_r: RoPE at c_r, its K/V written at c_r (cache * (1 - onehot) + onehot * new,
+ *      by broadcasting: no Tile/Select copies; nothing re-run), attention over keys j <= c_r (and
+ *      j >= c_r - (window - 1) on sliding layers; masks built on the host, uploaded once per step), and
  *      the logits sample text position t_r + 1. A row whose buffer is full is frozen (it writes nothing,
  *      its logits are dropped); a step costs one token per row plus attention over the N + T cache.
  *   3. Stop when every row has produced a stop token at a generated position (prompt and padding never
  *      count) or has a full buffer. A row that stopped keeps generating, masked, while others continue
  *      (as keras_hub); positions never reached hold 0.
+ *   A row also ends after `maxNewTokens` generated tokens (transformers' max_new_tokens; not keras_hub's).
  * Output mask (keras_hub's): with stop ids, true through a row's first generated stop token (inclusive),
- * false after it; a row that never stopped, or a call without stop ids, is all true.
+ * false after it; a row that never stopped, or a call without stop ids, is all true (false past a
+ * maxNewTokens budget). Finish reason per row: 'stop' (a stop id) or 'length' (buffer or budget).
+ * Streaming: `onToken` gets each kept token in step order, rows in order within a step, through a row's
+ * stop token and never after it.
  *
  * Why not keras_hub's batched schedule: keras_hub starts every row at the SHORTEST prompt's length and
  * re-feeds the longer prompts' tails through the causal decode path, overwriting their prefix-LM K/V
@@ -41,6 +46,7 @@
  *
  * Logits are read to the host each step (`await data()`, never dataSync: webgpu in Node has none).
  */
+import * as os from 'node:os';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Key, Named } from '../../dsl';
@@ -215,6 +221,9 @@ function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>, transpo
   });
 }
 
+/** Calls that may decode at least this many steps use the transposed embedding on wasm (see generate). */
+export const TRANSPOSED_HEAD_MIN_STEPS = 16;
+
 /** The tied embedding's row shards transposed, [embed, vocab] each (see `transposedEmbedding`). */
 export type TransposedEmbedding = readonly Named<readonly ['embed', 'vocab']>[];
 
@@ -348,12 +357,8 @@ export function generationBytes(c: PaliGemmaConfig, batch: number, maxLength: nu
   return { cache, prefill, total: 2 * cache + prefill + 2 * batch * c.vocabulary_size * 4 };
 }
 
-/**
- * Refuses, before anything is allocated, a buffer the model cannot take: maxLength must be a positive
- * integer, image + text positions at most MAX_POSITIONS, and the tensors (generationBytes) must fit the
- * backend (the wasm heap line, WebGPU's largest buffer binding).
- */
-export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLength: number, who: string, promptWidth = maxLength): void {
+/** maxLength a positive integer, and image + text positions at most MAX_POSITIONS. */
+export function checkMaxLength(c: PaliGemmaConfig, maxLength: number, who: string): void {
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new Error(`${who}: maxLength must be a positive integer, got ${maxLength}`);
   const n = imageSequenceLength(c);
   if (n + maxLength > MAX_POSITIONS) {
@@ -362,6 +367,15 @@ export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLeng
         `(Gemma's max_position_embeddings), so maxLength can be at most ${MAX_POSITIONS - n}`,
     );
   }
+}
+
+/**
+ * Refuses, before anything is allocated, a buffer the model cannot take: maxLength must be a positive
+ * integer, image + text positions at most MAX_POSITIONS, and the tensors (generationBytes) must fit the
+ * backend (the wasm heap line, WebGPU's largest buffer binding).
+ */
+export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLength: number, who: string, promptWidth = maxLength): void {
+  checkMaxLength(c, maxLength, who);
   const bytes = generationBytes(c, batch, maxLength, promptWidth);
   const layerCache = bytes.cache / (2 * c.num_layers);
   const attention = bytes.prefill / 3;
@@ -369,7 +383,12 @@ export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLeng
   if (biggest > maxTensorBytes()) {
     throw new Error(`${who}: maxLength ${maxLength} for ${batch} row(s) needs a ${formatBytes(biggest)} tensor; one buffer holds at most ${formatBytes(maxTensorBytes())} on this backend`);
   }
-  assertFitsBackend(bytes.total, `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`);
+  const what = `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`;
+  assertFitsBackend(bytes.total, what);
+  // cpu keeps tensors in the JS heap: more than the machine's memory would end in an out-of-memory abort
+  if (tf.getBackend() === 'cpu' && bytes.total > os.totalmem()) {
+    throw new Error(`${what} needs ${formatBytes(bytes.total)} of tensors, more than this machine's ${formatBytes(os.totalmem())} of memory`);
+  }
 }
 
 /** Rows of a [batch, seq] int tensor or of plain arrays. */
@@ -482,7 +501,7 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const ids = await readRows(inputs.tokenIds, 'tokenIds');
   const width = ids[0]?.length ?? 0;
   const length = options.maxLength ?? width;
-  checkGenerationBounds(c, ids.length, length, 'generate');
+  checkMaxLength(c, length, 'generate');
   const plen = promptLengthsOf(await readRows(inputs.paddingMask, 'paddingMask'), ids, length);
   checkGenerationBounds(c, ids.length, length, 'generate', Math.max(...plen));
   checkTokenIds(c, ids, plen, 'generate');
@@ -519,7 +538,10 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const isActive = (r: number, step: number) => plen[r] + step < length && step < budget;
   const finished: (FinishReason | undefined)[] = plen.map(() => undefined);
 
-  const transposed = transposedEmbedding(p);
+  // the transposed head pays for itself after ~12 steps (bench config, wasm: transpose + XNNPACK's packing
+  // ~140 ms of CPU, then ~11 ms saved per step), so only calls that may run 16 steps or more make it
+  const mostSteps = Math.max(...plen.map((len) => Math.min(length - len, budget)));
+  const transposed = mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? transposedEmbedding(p) : undefined;
   let state: StepOutput | undefined;
   let step = 0;
   try {

@@ -40,7 +40,7 @@ import { decodeConfig } from '../../checkpoints/config';
 import { readHfCheckpoint, decodeHfConfig, isHfPaliGemmaConfig } from '../../checkpoints/hf';
 import { initParams } from '../../checkpoints/init';
 import { readKerasWeights, readPresetConfig } from '../../checkpoints/keras';
-import { decodeParams, parameterCount, type WeightMap } from '../../checkpoints/params';
+import { buildTree, checkWeights, decodeParams, kerasLayout, parameterCount, skeleton, type WeightMap } from '../../checkpoints/params';
 import { bigVisionWeights, inferBigVisionConfig } from '../../checkpoints/bigvision';
 import { readNpz, type NpzArrays } from '../../checkpoints/npz';
 import { hasSafetensors } from '../../checkpoints/safetensors';
@@ -462,6 +462,44 @@ export function fromPreset(preset: string, options: FromPresetOptions = {}): Pal
   const source = options.onProgress ? withProgress(weights, options.onProgress) : weights;
   // In a tidy scope, so a read that fails halfway (a file cut meanwhile) leaves no tensor behind.
   return tf.tidy(() => decodeParams(config, source, r.dir!) as unknown as tf.TensorContainer) as unknown as PaliGemmaParams;
+}
+
+/** One macrotask: timers, I/O and UI events run before the next weight is read. */
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)));
+
+/**
+ * `fromPreset`, yielding to the event loop before each weight read, so a notebook or a UI keeps running
+ * while a multi-GB preset loads (transformers.js' from_pretrained is async; keras_hub's from_preset, and
+ * our `fromPreset`, are not). The same checks, in the same order, with the same errors: every key and shape
+ * against the config before any weight is read, the backend's memory line before any tensor is made.
+ * `onProgress` is called after each weight. A read that fails halfway frees the tensors made so far.
+ */
+export async function fromPresetAsync(preset: string, options: FromPresetOptions = {}): Promise<PaliGemmaParams> {
+  const r = resolvePreset(preset);
+  if ((options.loadWeights ?? true) === false || r.dir === null || (options.config !== undefined && r.format !== 'bigvision')) {
+    await yieldToEventLoop();
+    return fromPreset(preset, options); // nothing to read in steps: initialised weights, or fromPreset's error
+  }
+  const { config, weights } = readDirWeights(r.dir, r.format!, options.config);
+  guard(preset, config);
+  checkWeights(config, weights, r.dir);
+  const specs = kerasLayout(config);
+  const total = specs.reduce((n, s) => n + s.kerasShape.reduce((a, b) => a * b, 1), 0);
+  let done = 0;
+  let root: Record<string, unknown> = skeleton(config);
+  try {
+    for (const s of specs) {
+      await yieldToEventLoop();
+      const values = weights.get(s.h5)!.read();
+      root = buildTree<Record<string, unknown>>([s], () => values, root);
+      done += values.length;
+      options.onProgress?.(done, total, s.h5);
+    }
+  } catch (e) {
+    d.disposeTree(root);
+    throw e;
+  }
+  return root as unknown as PaliGemmaParams;
 }
 
 /** Refuse, before any allocation, params that would not fit the current backend (see src/runtime.ts). */
