@@ -34,7 +34,7 @@ export * from './generate/causal_lm';
 export type { TrainBatch, LossReport, Optimizer, OptimizerState, Schedule, RunKeys } from './train/api';
 export * from './train/step';
 export { causalLmLoss, defaultLossChunk, type LossOptions } from './train/loss';
-export { adam, adamw, sgd, clipByGlobalNorm, disposeState, kerasVariableName, type AdamOptions, type AdamWOptions, type SgdOptions } from './train/optim';
+export { adam, adamw, sgd, clipByGlobalNorm, clipByGlobalNormAsync, disposeState, kerasVariableName, type AdamOptions, type AdamWOptions, type SgdOptions } from './train/optim';
 export { constant, warmupLinear, warmupCosine, type WarmupOptions } from './train/schedule';
 export * from './train/select';
 export { computeFixture, readManifest, readBin, writeComputed } from './cli/fixture';
