@@ -6,6 +6,13 @@ import { kerasLayerIndex, readLoraH5, readLoraSafetensors, writeLoraH5, writeLor
 import { writeH5 } from '../../checkpoints/h5write';
 import { indexH5 } from '../../checkpoints/h5';
 import { tempDir } from '../helpers/files';
+import { assertClose } from '../helpers/numeric';
+import { tf as tfx } from '../../dsl/tf';
+import * as dl from '../../dsl';
+import { encodeParams } from '../../checkpoints/params';
+import { readKerasWeights } from '../../checkpoints/keras';
+import { loadPreset } from '../../src/runtime/preset';
+import { withAdapters } from '../../src/train/lora';
 
 const dir = 'spec/fixtures/train/lora_forward_grad';
 const config = readPresetConfig(path.join(dir, 'preset'));
@@ -59,4 +66,17 @@ test('.lora.h5: wrong shapes, ranks, indices and keys are refused by name', (t) 
   t.throws(() => readLoraH5(extra, config), { message: `${extra}: unexpected dataset lora/11/vars/bias (expected lora/<index>/vars/lora_kernel_a|b)` });
   const none = write('none.lora.h5', [['lora/11/vars/lora_kernel_a', [12, 4], a.a.values]]);
   t.throws(() => readLoraH5(none, config), { message: `${none}: missing lora/vars/rank (not a keras_hub .lora.h5 file?)` });
+});
+
+test("params codec: a LoRA model encodes its merged kernels, as keras_hub's save_to_preset (preset_merged)", async (t) => {
+  const base = loadPreset(path.join(dir, 'preset'));
+  const params = withAdapters(base, readLoraH5(file, base.config));
+  const before = tfx.memory().numTensors;
+  const encoded = encodeParams(params);
+  t.is(tfx.memory().numTensors, before, 'memory-neutral');
+  const merged = readKerasWeights(path.join(dir, 'preset_merged'));
+  t.is(encoded.size, merged.size);
+  for (const [h5, w] of merged) assertClose(t, encoded.get(h5)!.values, w.read(), 1e-6, 1e-6, h5);
+  for (const [p, x] of dl.leaves(params)) if (p.includes('lora_kernel')) x.dispose();
+  dl.disposeTree(base);
 });
