@@ -37,4 +37,7 @@ export { causalLmLoss, defaultLossChunk, type LossOptions } from './train/loss';
 export { adam, adamw, sgd, clipByGlobalNorm, clipByGlobalNormAsync, disposeState, kerasVariableName, type AdamOptions, type AdamWOptions, type SgdOptions } from './train/optim';
 export { constant, warmupLinear, warmupCosine, type WarmupOptions } from './train/schedule';
 export * from './train/select';
+export { enableLora, withAdapters, adaptersOf, adaptedLayers, loraTargets, loraTrainable, loraSpecs, mergeLora, type LoraOptions } from './train/lora';
+export { loraKernel, type LoraParams } from '../models/lora';
+export { readLoraH5, writeLoraH5, readLoraSafetensors, writeLoraSafetensors, loraLayers, kerasLayerIndex, DEFAULT_LORA_LAYER_NAMES, type LoraFile, type LoraLayer, type AdapterValues } from '../checkpoints/lora';
 export { computeFixture, readManifest, readBin, writeComputed } from './cli/fixture';

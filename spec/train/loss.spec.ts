@@ -10,6 +10,7 @@ import { selectTrainable, trainableOf, valueAndGradTrainable } from '../../src/t
 import { adam } from '../../src/train/optim';
 import { trainStep } from '../../src/train/step';
 import { backendTest, test } from '../helpers/backends';
+import { setMaxTensorBytes } from '../../src/runtime/backend';
 import { assertClose } from '../helpers/numeric';
 
 const dir = 'spec/fixtures/train/train_trajectory_full';
@@ -112,4 +113,34 @@ backendTest('trainStep: Adam steps lower the loss on a fixed batch and leak no t
   for (const s of Object.values(state.slots)) d.disposeTree(s);
   tf.dispose(d.collectTensors(batch));
   d.disposeTree(params);
+});
+
+backendTest('causalLmLoss over a row-sharded embedding: the same loss and gradients (shards get theirs)', async (t) => {
+  const m = readManifest(dir);
+  const one = loadPreset(path.join(dir, 'preset'));
+  setMaxTensorBytes(640); // 10 rows of 16 floats per shard: 4 shards of the 40-token table
+  let sharded: PaliGemmaParams;
+  try {
+    sharded = loadPreset(path.join(dir, 'preset'));
+  } finally {
+    setMaxTensorBytes();
+  }
+  t.is(sharded.token_embedding.length, 4);
+  const batch = trainBatchOf(dir, m);
+  const run = async (p: PaliGemmaParams) => {
+    const g = valueAndGradTrainable((q: PaliGemmaParams) => causalLmLoss(q, batch, { chunk: 4 }).loss, p, trainableOf(p, selectTrainable(p, { train: ['token_embedding/*', 'final_norm/*'] })));
+    const table = tf.concat(Object.entries(g.grads).filter(([k]) => k.startsWith('token_embedding/')).map(([, x]) => x.tensor), 0);
+    const out = { loss: (await g.value.data())[0], table: await table.data(), norm: await g.grads['final_norm/scale'].tensor.data() };
+    tf.dispose([g.value, table]);
+    d.disposeTree(g.grads);
+    return out;
+  };
+  const a = await run(one);
+  const b = await run(sharded);
+  assertClose(t, [b.loss], [a.loss], 1e-6, 0, 'loss');
+  assertClose(t, b.table, a.table, 1e-6, 1e-5, 'embedding gradient');
+  assertClose(t, b.norm, a.norm, 1e-6, 1e-5, 'final norm gradient');
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(one);
+  d.disposeTree(sharded);
 });
