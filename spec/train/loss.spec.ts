@@ -6,7 +6,7 @@ import { readBin, readManifest } from '../../src/cli/fixture';
 import { trainBatchOf } from '../../src/cli/train_fixture';
 import { loadPreset } from '../../src/runtime/preset';
 import { causalLmLoss, defaultLossChunk } from '../../src/train/loss';
-import { selectTrainable, trainableOf, valueAndGradTrainable } from '../../src/train/select';
+import { isDifferentiated, selectTrainable, trainableOf, valueAndGradTrainable } from '../../src/train/select';
 import { adam } from '../../src/train/optim';
 import { trainStep } from '../../src/train/step';
 import { backendTest, test } from '../helpers/backends';
@@ -143,4 +143,25 @@ backendTest('causalLmLoss over a row-sharded embedding: the same loss and gradie
   tf.dispose(d.collectTensors(batch));
   d.disposeTree(one);
   d.disposeTree(sharded);
+});
+
+backendTest('a frozen embedding gets no gradient work (isDifferentiated), and the trainable gradients are the same', async (t) => {
+  const m = readManifest(dir);
+  const params = loadPreset(path.join(dir, 'preset'));
+  const batch = trainBatchOf(dir, m);
+  const trainable = trainableOf(params, selectTrainable(params, { train: ['final_norm/*', 'layers/1/gating_ffw'] }));
+  t.is(isDifferentiated(params.token_embedding[0].tensor), undefined, 'outside a gradient computation');
+  const seen: Array<boolean | undefined> = [];
+  const auto = valueAndGradTrainable((p: PaliGemmaParams) => {
+    seen.push(isDifferentiated(p.token_embedding[0].tensor), isDifferentiated(p.final_norm.scale.tensor));
+    return causalLmLoss(p, batch).loss;
+  }, params, trainable);
+  t.deepEqual(seen, [false, true]);
+  const forced = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { tableGrad: true }).loss, params, trainable);
+  for (const k of Object.keys(trainable)) assertClose(t, await auto.grads[k].tensor.data(), await forced.grads[k].tensor.data(), 0, 0, k);
+  tf.dispose([auto.value, forced.value]);
+  d.disposeTree(auto.grads);
+  d.disposeTree(forced.grads);
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(params);
 });

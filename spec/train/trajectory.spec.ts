@@ -6,8 +6,8 @@ import { backendTest } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 
 const root = 'spec/fixtures/train';
-// webgpu (SwiftShader, ~25 s per fixture here) runs lora_forward_grad and train_trajectory_lora (spec/train/lora.spec.ts);
-// these three pass there too (measured), but would add ~70 s to the suite.
+// webgpu (SwiftShader, ~25 s per fixture here) runs lora_forward_grad (spec/train/lora.spec.ts); these pass there
+// too (measured: PALIGEMMA_TEST_BACKENDS=webgpu with { webgpu: true }), but would add ~100 s to the suite.
 
 for (const name of ['train_trajectory_full', 'train_trajectory_adamw']) {
   backendTest(`${name}: losses, step-1 gradients and final weights match keras`, async (t) => {

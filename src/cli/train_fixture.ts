@@ -152,7 +152,7 @@ export async function trajectory(
   optimizer: Optimizer,
   learningRate: number,
   steps: number,
-  tableGrad: boolean,
+  compat?: 'keras_hub',
 ): Promise<{ losses: number[]; firstGrads: Trainable; params: PaliGemmaParams }> {
   let current = trainableOf(params, trainable);
   let state = optimizer.init(current);
@@ -160,7 +160,7 @@ export async function trajectory(
   let firstGrads: Trainable = {};
   for (let step = 0; step < steps; step++) {
     const full = withLeaves(params, current);
-    const { value, grads } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { tableGrad }).loss, full, current);
+    const { value, grads } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }).loss, full, current);
     losses.push((await value.data())[0]);
     value.dispose();
     const next = optimizer.update(current, grads, state, learningRate);
@@ -196,7 +196,7 @@ export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainCo
     outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
     tf.dispose([seq.tensor, l.tensor]);
     const trainable = trainableOf(params, loraTrainable(params));
-    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat, tableGrad: false }), params, trainable);
+    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }), params, trainable);
     outputs.set('loss', { shape: [1], data: Float32Array.from((await value.data()) as Float32Array) });
     const gradients = await toKeras(grads, specs);
     tf.dispose([value, report!.correct, report!.weight]);
@@ -224,7 +224,7 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
     const { optimizer, learningRate } = optimizerOf(dir, m, kerasByPath);
     const steps = (m.trajectory as { steps?: number } | undefined)?.steps ?? (m.outputs.losses?.shape[0] as number);
     const trainable = lora ? loraTrainable(params) : selectTrainable(params);
-    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, !lora);
+    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, m.options?.compat);
     const files = new Map<string, (file: string) => void>();
     if (lora) {
       const saved: LoraFile = await adaptersOf(run.params);

@@ -20,6 +20,7 @@ import type { Key, Named } from '../../dsl';
 import { backbone, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
 import { imageSequenceLength } from '../../models/config';
 import type { LossReport, TrainBatch } from './api';
+import { isDifferentiated } from './select';
 
 export interface LossOptions {
   /** Dropout on (training mode) with this key; absent = the deterministic forward. */
@@ -29,8 +30,9 @@ export interface LossOptions {
   /** keras_hub's code where it departs from its documentation (models/paligemma.ts). */
   readonly compat?: 'keras_hub';
   /**
-   * Whether the gradient reaches the tied embedding through the logits (default true). Pass false when the
-   * embedding is frozen (LoRA): tfjs would otherwise compute, then drop, a V x E gradient per chunk.
+   * Whether the gradient reaches the tied embedding through the logits. Default: inside
+   * `valueAndGradTrainable`, whether the embedding is trainable there; elsewhere true. When it is frozen
+   * (LoRA), tfjs would otherwise compute, then drop, a V x E gradient per chunk.
    */
   readonly tableGrad?: boolean;
   /**
@@ -149,7 +151,7 @@ export function causalLmLoss(params: PaliGemmaParams, batch: TrainBatch, options
   let picked = weightedPositions(batch.sample_weight.tensor, options.weights);
   // no weighted position: one zero-weight position keeps the loss (0) a function of the params
   if (picked.length === 0) picked = [0];
-  const tableGrad = options.tableGrad ?? true;
+  const tableGrad = options.tableGrad ?? params.token_embedding.some((s) => isDifferentiated(s.tensor) ?? true);
   return tf.tidy(() => {
     const seq = backbone(params, batch, { compat: options.compat, ...(options.key ? { train: { key: options.key } } : {}) });
     const n = imageSequenceLength(c);
