@@ -13,6 +13,7 @@ import { encodeParams } from '../../checkpoints/params';
 import { readKerasWeights } from '../../checkpoints/keras';
 import { loadPreset } from '../../src/runtime/preset';
 import { withAdapters } from '../../src/train/lora';
+import { setBackend } from '../../src/runtime/backend';
 
 const dir = 'spec/fixtures/train/lora_forward_grad';
 const config = readPresetConfig(path.join(dir, 'preset'));
@@ -69,6 +70,7 @@ test('.lora.h5: wrong shapes, ranks, indices and keys are refused by name', (t) 
 });
 
 test("params codec: a LoRA model encodes its merged kernels, as keras_hub's save_to_preset (preset_merged)", async (t) => {
+  await setBackend('cpu');
   const base = loadPreset(path.join(dir, 'preset'));
   const params = withAdapters(base, readLoraH5(file, base.config));
   const before = tfx.memory().numTensors;
