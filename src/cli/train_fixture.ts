@@ -184,11 +184,15 @@ function loraFileOf(dir: string, m: Manifest): string {
 /** lora_grad: forward, loss and trainable gradients of the preset with the fixture's adapter. */
 export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainComputed> {
   const base = loadPreset(path.join(dir, 'preset'));
-  const params = withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config));
+  const file = loraFileOf(dir, m);
+  const params = withAdapters(base, readLoraH5(file, base.config));
   const specs = [...kerasLayout(params.config), ...loraSpecs(params)];
   const batch = trainBatchOf(dir, m);
   const compat = m.options?.compat;
   const outputs: Tensors = new Map();
+  // the adapter as we would save it (keras_hub's save_lora_weights of the same model)
+  const saved = await adaptersOf(params);
+  const files = new Map<string, (out: string) => void>([[path.basename(file), (out) => writeLoraH5(out, params.config, saved)]]);
   try {
     const seq = backbone(params, batch, { compat });
     const l = logits(params, seq);
@@ -201,7 +205,7 @@ export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainCo
     const gradients = await toKeras(grads, specs);
     tf.dispose([value, report!.correct, report!.weight]);
     d.disposeTree(grads);
-    return { outputs, gradients };
+    return { outputs, gradients, files };
   } finally {
     tf.dispose(d.collectTensors(batch));
     d.disposeTree(params);
