@@ -1,8 +1,8 @@
 import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import { readBin, readManifest } from '../../src/cli/fixture';
-import { computeTrainFixture, computeTrajectory } from '../../src/cli/train_fixture';
-import { backendTest } from '../helpers/backends';
+import { computeTrainFixture, computeTrajectory, optimizerOf } from '../../src/cli/train_fixture';
+import { backendTest, test } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 
 const root = 'spec/fixtures/train';
@@ -52,4 +52,23 @@ backendTest('preprocess_train: packed ids and masks exact, converted images, and
     assertClose(t, c.runs!.get(name)!.get('x_images')!.data, readBin(dir, run.x_images), 1e-6, 0, `${name} x_images`);
   }
   assertClose(t, c.outputs.get('end_to_end_loss')!.data, readBin(dir, m.outputs.end_to_end_loss) as Float32Array, 1e-5, 0, 'end_to_end_loss');
+});
+
+test('optimizerOf: the manifest optimizer, its exclusions checked against the fixture, others refused by name', (t) => {
+  const dir = path.join(root, 'train_trajectory_adamw');
+  const m = readManifest(dir);
+  const compile = m.compile as { optimizer_config: object; excluded_from_weight_decay: string[] };
+  const trainable = new Map([['vit/blocks/0/query_proj/bias', 'image_encoder/encoder_block_0/multi_head_attention/query_proj/bias'], ['layers/0/attention/query', 'decoder_block_0/attention/query/kernel']]);
+  const { optimizer, learningRate, clipping } = optimizerOf(dir, m, trainable);
+  t.is(optimizer.name, 'adamw');
+  t.is(learningRate, 0.0010000000474974513);
+  t.deepEqual(clipping, {});
+  const lion = { ...m, compile: { ...compile, optimizer_class: 'keras.optimizers.Lion' } };
+  t.throws(() => optimizerOf(dir, lion, trainable), { message: `${path.join(dir, 'manifest.json')}: optimizer keras.optimizers.Lion is not supported (keras.optimizers.Adam, AdamW, SGD)` });
+  const wrong = { ...m, compile: { ...compile, excluded_from_weight_decay: [] } };
+  t.throws(() => optimizerOf(dir, wrong, trainable), { message: `${path.join(dir, 'manifest.json')}: weight-decay exclusions [bias, scale] select 1 trainable variables here, the fixture lists 0` });
+  const sgdM = { ...m, compile: { ...compile, optimizer_class: 'keras.optimizers.SGD', optimizer_config: { learning_rate: 0.1, momentum: 0.9, global_clipnorm: 1 } } };
+  const s = optimizerOf(dir, sgdM, trainable);
+  t.is(s.optimizer.name, 'sgd');
+  t.deepEqual(s.clipping, { global_clipnorm: 1 });
 });
