@@ -10,7 +10,9 @@ import { isDifferentiated, selectTrainable, trainableOf, valueAndGradTrainable }
 import { adam } from '../../src/train/optim';
 import { trainStep } from '../../src/train/step';
 import { backendTest, test } from '../helpers/backends';
-import { setMaxTensorBytes } from '../../src/runtime/backend';
+import { setBackend, setMaxTensorBytes } from '../../src/runtime/backend';
+import { initParams } from '../../checkpoints/init';
+import { readPresetConfig } from '../../checkpoints/keras';
 import { assertClose } from '../helpers/numeric';
 
 const dir = 'spec/fixtures/train/train_trajectory_full';
@@ -162,6 +164,32 @@ backendTest('a frozen embedding gets no gradient work (isDifferentiated), and th
   tf.dispose([auto.value, forced.value]);
   d.disposeTree(auto.grads);
   d.disposeTree(forced.grads);
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(params);
+});
+
+test.serial('peak memory of loss + gradients grows with the chunk, not with the weighted positions (tf.profile)', async (t) => {
+  await setBackend('cpu');
+  const m = readManifest(dir);
+  // the fixture's model with a 20000-token vocabulary (random weights): vocabulary-wide tensors dominate
+  const params = initParams({ ...readPresetConfig(path.join(dir, 'preset')), vocabulary_size: 20000 }, d.key(5));
+  const batch = trainBatchOf(dir, m);
+  const V = params.config.vocabulary_size;
+  const trainable = trainableOf(params, selectTrainable(params, { train: ['final_norm/*'] }));
+  const peak = async (chunk: number) => {
+    const info = await tf.profile(() => {
+      const r = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { chunk }), params, trainable);
+      tf.dispose([r.value, r.report!.correct, r.report!.weight]);
+      d.disposeTree(r.grads);
+    });
+    return info.peakBytes;
+  };
+  const n = Array.from(await batch.sample_weight.tensor.data()).filter((w) => w !== 0).length;
+  const one = await peak(1);
+  const all = await peak(n);
+  const perPosition = (all - one) / (n - 1);
+  t.log(`weighted positions ${n}, vocabulary ${V}: peak ${one} bytes (chunk 1), ${all} (chunk ${n}); ${(perPosition / (4 * V)).toFixed(2)} x V floats per extra position`);
+  t.true(perPosition <= 8 * 4 * V, `at most 8 vocabulary-wide float32 rows live per chunk position (${perPosition / (4 * V)})`);
   tf.dispose(d.collectTensors(batch));
   d.disposeTree(params);
 });
