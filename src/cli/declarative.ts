@@ -55,7 +55,9 @@ export function parseFlags(c: Command, args: readonly string[]): { flags: Record
 }
 
 function usage(c: Command): string {
-  const flags = Object.entries(c.flags).map(([n, s]) => (s.type === 'boolean' ? `[--${n}]` : `[--${n} ${'placeholder' in s && s.placeholder ? s.placeholder : s.type === 'string' ? 'text' : 'N'}]`));
+  const shown = (s: FlagSpec): string =>
+    s.type === 'string' ? (s.choices ? s.choices.join('|') : s.placeholder ?? 'text') : s.type === 'boolean' ? '' : s.type === 'integer' ? 'N' : 'X';
+  const flags = Object.entries(c.flags).map(([n, s]) => (s.type === 'boolean' ? `[--${n}]` : `[--${n} ${shown(s)}]`));
   return [c.name, ...(c.positionals ?? []).map((p) => `<${p.name}>`), ...flags].join(' ');
 }
 
