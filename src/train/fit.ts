@@ -139,6 +139,23 @@ const positiveInt = (v: number | undefined, name: string): void => {
   if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new Error(`fit: ${name} must be a positive integer, got ${v}`);
 };
 
+/**
+ * FNV-1a (32-bit) over every example's prefix and suffix: the data a checkpoint was made with, independent
+ * of where the files sit (a moved dataset resumes; an edited one does not).
+ */
+export function dataHash(data: Dataset): string {
+  let h = 0x811c9dc5;
+  for (const e of data.examples) {
+    for (const s of [e.prefix, '\u0000', e.suffix, '\u0001']) {
+      for (let i = 0; i < s.length; i++) {
+        h ^= s.charCodeAt(i);
+        h = Math.imul(h, 0x01000193) >>> 0;
+      }
+    }
+  }
+  return h.toString(16).padStart(8, '0');
+}
+
 /** The mean of `accumulate` gradient records (frees the parts). */
 function meanGrads(parts: Record<string, Named>[]): Record<string, Named> {
   if (parts.length === 1) return parts[0];
@@ -204,7 +221,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   }
 
   const fingerprint: Fingerprint = {
-    data: data.name,
+    data: dataHash(data),
     examples: data.examples.length,
     batchSize: batch.batchSize,
     accumulate,
