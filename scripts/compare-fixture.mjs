@@ -5,7 +5,8 @@
 // (outputs 1e-4 absolute; loss and gradients 1e-3 relative + 1e-4 absolute). Training fixtures
 // (spec/fixtures/train, a manifest `kind`): losses 1e-5 absolute, weights_final 1e-6 + 1e-5 |w|, preprocess
 // runs exact (ids, masks) and 1e-6 (images).
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
 const [fixture, out] = process.argv.slice(2);
@@ -71,5 +72,29 @@ for (const [name, run] of Object.entries(want.runs ?? {})) {
 }
 if (want.loss_value !== undefined) check('output', 'loss', Float32Array.of(want.loss_value), got.outputs.loss, 1e-4, 1e-3);
 for (const [k, e] of Object.entries(want.gradients ?? {})) check('gradient', k, e, got.gradients?.[k], 1e-4, 1e-3);
+// .lora.h5 files we wrote next to our manifest: same layers, ranks and shapes as the fixture's, values within
+// the weights' tolerance (read with the package's own reader: run `npm run build` first).
+for (const name of got.files ?? []) {
+  if (!name.endsWith('.lora.h5') || !existsSync(join(fixture, name))) continue;
+  const { readLoraH5, readPresetConfig } = createRequire(import.meta.url)('../dist/index.js');
+  const config = readPresetConfig(join(fixture, 'preset'));
+  const mine = readLoraH5(join(out, name), config);
+  const theirs = readLoraH5(join(fixture, name), config);
+  if (mine.rank !== theirs.rank || mine.adapters.length !== theirs.adapters.length) {
+    console.log(`file ${name}: rank ${mine.rank} with ${mine.adapters.length} adapters, expected ${theirs.rank} with ${theirs.adapters.length}`);
+    ok = false;
+    continue;
+  }
+  theirs.adapters.forEach((a, i) => {
+    const b = mine.adapters[i];
+    if (b.layer !== a.layer) {
+      console.log(`file ${name}: adapter ${i} is ${b.layer}, expected ${a.layer}`);
+      ok = false;
+      return;
+    }
+    check(`file ${name}`, `${a.layer}/lora_kernel_a`, a.a.values, b.a.values, 1e-6, 1e-5);
+    check(`file ${name}`, `${a.layer}/lora_kernel_b`, a.b.values, b.b.values, 1e-6, 1e-5);
+  });
+}
 console.log(ok ? 'OK' : 'MISMATCH');
 process.exit(ok ? 0 : 1);

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -7,6 +8,9 @@ import { computeLoraGrad, computeTrajectory } from '../../src/cli/train_fixture'
 import { loadPreset } from '../../src/runtime/preset';
 import { enableLora, loraTargets, loraTrainable, mergeLora } from '../../src/train/lora';
 import { readLoraH5 } from '../../checkpoints/lora';
+import { initParams } from '../../checkpoints/init';
+import { setBackend } from '../../src/runtime/backend';
+import { CONFIG_DEFAULTS, type PaliGemmaConfig } from '../../models/config';
 import { backendTest, test } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 import { tempDir } from '../helpers/files';
@@ -51,7 +55,7 @@ backendTest('train_trajectory_lora: losses, final adapters and biases, and the s
     assertClose(t, mine.adapters[i].a.values, a.a.values, 1e-6, 1e-5, `${a.layer} A`);
     assertClose(t, mine.adapters[i].b.values, a.b.values, 1e-6, 1e-5, `${a.layer} B`);
   });
-});
+}); // passes on webgpu too (27 s on SwiftShader, measured); left to cpu and wasm to keep the suite short
 
 function tiny(): PaliGemmaParams {
   return loadPreset(path.join(root, 'lora_forward_grad', 'preset'));
@@ -125,4 +129,25 @@ test('enableLora: any kernels by path or glob; unknown targets and bad ranks are
   t.throws(() => enableLora(lora, { rank: 2, key: d.key(1), targets: ['layers/0/attention/key'] }), { message: 'enableLora: decoder_block_0/attention/key (layers/0/attention/key) already has a LoRA adapter' });
   for (const [p, v] of d.leaves(lora)) if (p.includes('lora_kernel')) v.dispose();
   d.disposeTree(base);
+});
+
+test("enableLora's default targets with a MAP head: keras_hub's list (lora_targets_map_pooling.json)", async (t) => {
+  await setBackend('cpu');
+  const j = JSON.parse(fs.readFileSync(path.join(root, 'lora_targets_map_pooling.json'), 'utf8'));
+  const config = { ...CONFIG_DEFAULTS, ...j.config } as PaliGemmaConfig;
+  const params = initParams(config, d.key(3));
+  const lora = enableLora(params, { rank: 2, key: d.key(4) });
+  t.deepEqual(loraTargets(params).map((l) => l.layer).sort(), [...j.lora_targets].sort());
+  const x = d.scoped(() => ({
+    images: d.named(tf.zeros([1, 8, 8, 3]), ['batch', 'height', 'width', 'channels'] as const),
+    token_ids: d.named(tf.tensor([[2, 5, 6]], [1, 3], 'int32'), ['batch', 'seq'] as const),
+    padding_mask: d.named(tf.ones([1, 3], 'int32'), ['batch', 'seq'] as const),
+    response_mask: d.named(tf.tensor([[0, 0, 1]], [1, 3], 'int32'), ['batch', 'seq'] as const),
+  }));
+  const a = backbone(params, x);
+  const b = backbone(lora, x);
+  t.deepEqual(Array.from(b.tensor.dataSync()), Array.from(a.tensor.dataSync()), 'B = 0: the MAP-pooled model is unchanged');
+  tf.dispose([a.tensor, b.tensor, ...d.collectTensors(x)]);
+  for (const [p, v] of d.leaves(lora)) if (p.includes('lora_kernel')) v.dispose();
+  d.disposeTree(params);
 });

@@ -6,10 +6,13 @@ import { readBin, readManifest } from '../../src/cli/fixture';
 import { trainBatchOf } from '../../src/cli/train_fixture';
 import { loadPreset } from '../../src/runtime/preset';
 import { causalLmLoss, defaultLossChunk } from '../../src/train/loss';
-import { selectTrainable, trainableOf, valueAndGradTrainable } from '../../src/train/select';
+import { isDifferentiated, selectTrainable, trainableOf, valueAndGradTrainable } from '../../src/train/select';
 import { adam } from '../../src/train/optim';
 import { trainStep } from '../../src/train/step';
 import { backendTest, test } from '../helpers/backends';
+import { setBackend, setMaxTensorBytes } from '../../src/runtime/backend';
+import { initParams } from '../../checkpoints/init';
+import { readPresetConfig } from '../../checkpoints/keras';
 import { assertClose } from '../helpers/numeric';
 
 const dir = 'spec/fixtures/train/train_trajectory_full';
@@ -110,6 +113,83 @@ backendTest('trainStep: Adam steps lower the loss on a fixed batch and leak no t
   t.is(state.step, 4);
   d.disposeTree(trainable);
   for (const s of Object.values(state.slots)) d.disposeTree(s);
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(params);
+});
+
+backendTest('causalLmLoss over a row-sharded embedding: the same loss and gradients (shards get theirs)', async (t) => {
+  const m = readManifest(dir);
+  const one = loadPreset(path.join(dir, 'preset'));
+  setMaxTensorBytes(640); // 10 rows of 16 floats per shard: 4 shards of the 40-token table
+  let sharded: PaliGemmaParams;
+  try {
+    sharded = loadPreset(path.join(dir, 'preset'));
+  } finally {
+    setMaxTensorBytes();
+  }
+  t.is(sharded.token_embedding.length, 4);
+  const batch = trainBatchOf(dir, m);
+  const run = async (p: PaliGemmaParams) => {
+    const g = valueAndGradTrainable((q: PaliGemmaParams) => causalLmLoss(q, batch, { chunk: 4 }).loss, p, trainableOf(p, selectTrainable(p, { train: ['token_embedding/*', 'final_norm/*'] })));
+    const table = tf.concat(Object.entries(g.grads).filter(([k]) => k.startsWith('token_embedding/')).map(([, x]) => x.tensor), 0);
+    const out = { loss: (await g.value.data())[0], table: await table.data(), norm: await g.grads['final_norm/scale'].tensor.data() };
+    tf.dispose([g.value, table]);
+    d.disposeTree(g.grads);
+    return out;
+  };
+  const a = await run(one);
+  const b = await run(sharded);
+  assertClose(t, [b.loss], [a.loss], 1e-6, 0, 'loss');
+  assertClose(t, b.table, a.table, 1e-6, 1e-5, 'embedding gradient');
+  assertClose(t, b.norm, a.norm, 1e-6, 1e-5, 'final norm gradient');
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(one);
+  d.disposeTree(sharded);
+});
+
+backendTest('a frozen embedding gets no gradient work (isDifferentiated), and the trainable gradients are the same', async (t) => {
+  const m = readManifest(dir);
+  const params = loadPreset(path.join(dir, 'preset'));
+  const batch = trainBatchOf(dir, m);
+  const trainable = trainableOf(params, selectTrainable(params, { train: ['final_norm/*', 'layers/1/gating_ffw'] }));
+  t.is(isDifferentiated(params.token_embedding[0].tensor), undefined, 'outside a gradient computation');
+  const seen: Array<boolean | undefined> = [];
+  const auto = valueAndGradTrainable((p: PaliGemmaParams) => {
+    seen.push(isDifferentiated(p.token_embedding[0].tensor), isDifferentiated(p.final_norm.scale.tensor));
+    return causalLmLoss(p, batch).loss;
+  }, params, trainable);
+  t.deepEqual(seen, [false, true]);
+  const forced = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { tableGrad: true }).loss, params, trainable);
+  for (const k of Object.keys(trainable)) assertClose(t, await auto.grads[k].tensor.data(), await forced.grads[k].tensor.data(), 0, 0, k);
+  tf.dispose([auto.value, forced.value]);
+  d.disposeTree(auto.grads);
+  d.disposeTree(forced.grads);
+  tf.dispose(d.collectTensors(batch));
+  d.disposeTree(params);
+});
+
+test.serial('peak memory of loss + gradients grows with the chunk, not with the weighted positions (tf.profile)', async (t) => {
+  await setBackend('cpu');
+  const m = readManifest(dir);
+  // the fixture's model with a 20000-token vocabulary (random weights): vocabulary-wide tensors dominate
+  const params = initParams({ ...readPresetConfig(path.join(dir, 'preset')), vocabulary_size: 20000 }, d.key(5));
+  const batch = trainBatchOf(dir, m);
+  const V = params.config.vocabulary_size;
+  const trainable = trainableOf(params, selectTrainable(params, { train: ['final_norm/*'] }));
+  const peak = async (chunk: number) => {
+    const info = await tf.profile(() => {
+      const r = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { chunk }), params, trainable);
+      tf.dispose([r.value, r.report!.correct, r.report!.weight]);
+      d.disposeTree(r.grads);
+    });
+    return info.peakBytes;
+  };
+  const n = Array.from(await batch.sample_weight.tensor.data()).filter((w) => w !== 0).length;
+  const one = await peak(1);
+  const all = await peak(n);
+  const perPosition = (all - one) / (n - 1);
+  t.log(`weighted positions ${n}, vocabulary ${V}: peak ${one} bytes (chunk 1), ${all} (chunk ${n}); ${(perPosition / (4 * V)).toFixed(2)} x V floats per extra position`);
+  t.true(perPosition <= 8 * 4 * V, `at most 8 vocabulary-wide float32 rows live per chunk position (${perPosition / (4 * V)})`);
   tf.dispose(d.collectTensors(batch));
   d.disposeTree(params);
 });

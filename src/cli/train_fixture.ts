@@ -22,7 +22,7 @@ import { backbone, logits, type PaliGemmaParams } from '../../models/paligemma';
 import { kerasLayout, type WeightSpec } from '../../checkpoints/params';
 import { loadPreset } from '../runtime/preset';
 import { causalLmLoss } from '../train/loss';
-import { adam, adamw, disposeState, kerasVariableName as kerasName } from '../train/optim';
+import { adam, adamw, clipByGlobalNormAsync, disposeState, kerasVariableName as kerasName, sgd } from '../train/optim';
 import { selectTrainable, trainableOf, valueAndGradTrainable, withLeaves, type Trainable } from '../train/select';
 import type { Optimizer, TrainBatch } from '../train/api';
 import { adaptersOf, loraSpecs, loraTrainable, withAdapters } from '../train/lora';
@@ -114,35 +114,70 @@ interface OptimizerConfig {
   readonly clipvalue?: number | null;
 }
 
-/** The manifest's optimizer (keras Adam / AdamW) and learning rate; anything else is refused by name. */
-export function optimizerOf(dir: string, m: Manifest, keras: ReadonlyMap<string, string>): { optimizer: Optimizer; learningRate: number } {
-  const where = path.join(dir, 'manifest.json');
-  const compile = m.compile as { optimizer_class?: string; optimizer_config?: OptimizerConfig; how?: string; excluded_from_weight_decay?: string[] } | undefined;
-  const c = compile?.optimizer_config;
-  if (!compile || !c) throw new Error(`${where}: compile.optimizer_config is missing`);
-  for (const k of ['clipnorm', 'global_clipnorm', 'clipvalue'] as const) {
-    if (c[k] != null) throw new Error(`${where}: compile.optimizer_config.${k} = ${c[k]} is not supported here`);
-  }
-  if (c.amsgrad) throw new Error(`${where}: amsgrad is not supported`);
-  const o = { beta1: c.beta_1, beta2: c.beta_2, epsilon: c.epsilon };
-  if (compile.optimizer_class === 'keras.optimizers.Adam') return { optimizer: adam(o), learningRate: c.learning_rate };
-  if (compile.optimizer_class === 'keras.optimizers.AdamW') {
-    // exclude_from_weight_decay(var_names=[...]) as the compile call wrote it
-    const match = /var_names=\[([^\]]*)\]/.exec(compile.how ?? '');
-    const names = match ? [...match[1].matchAll(/['"]([^'"]+)['"]/g)].map((x) => x[1]) : [];
-    const optimizer = adamw({ ...o, weightDecay: c.weight_decay ?? 0, excludeFromWeightDecay: names });
-    // cross-check against the fixture's list of excluded variables
-    const pattern = names.length ? new RegExp(names.join('|')) : null;
-    const mine = [...keras.entries()].filter(([p]) => pattern && pattern.test(kerasName(p))).map(([, k]) => k).sort();
-    const theirs = [...(compile.excluded_from_weight_decay ?? [])].sort();
-    if (mine.join('\n') !== theirs.join('\n')) {
-      throw new Error(`${where}: weight-decay exclusions [${names.join(', ')}] select ${mine.length} variables here, the fixture lists ${theirs.length}`);
-    }
-    return { optimizer, learningRate: c.learning_rate };
-  }
-  throw new Error(`${where}: optimizer ${compile.optimizer_class} is not supported (keras.optimizers.Adam, keras.optimizers.AdamW)`);
+/** keras' gradient clipping before the update (base_optimizer.apply: clip, then weight decay, then the step). */
+export interface Clipping {
+  readonly clipnorm?: number;
+  readonly global_clipnorm?: number;
+  readonly clipvalue?: number;
 }
 
+/**
+ * The manifest's optimizer (keras Adam, AdamW or SGD, with weight decay and its `exclude_from_weight_decay`
+ * var_names, and clipping) and learning rate; anything else is refused by name. `trainable` maps the
+ * trainable params paths to keras paths, to check the exclusions against the fixture's list.
+ */
+export function optimizerOf(dir: string, m: Manifest, trainable: ReadonlyMap<string, string>): { optimizer: Optimizer; learningRate: number; clipping: Clipping } {
+  const where = path.join(dir, 'manifest.json');
+  const compile = m.compile as { optimizer_class?: string; optimizer_config?: OptimizerConfig & { momentum?: number; nesterov?: boolean }; how?: string; excluded_from_weight_decay?: string[] } | undefined;
+  const c = compile?.optimizer_config;
+  if (!compile || !c) throw new Error(`${where}: compile.optimizer_config is missing`);
+  if (c.amsgrad) throw new Error(`${where}: amsgrad is not supported`);
+  const clipping: Clipping = {
+    ...(c.clipnorm != null ? { clipnorm: c.clipnorm } : {}),
+    ...(c.global_clipnorm != null ? { global_clipnorm: c.global_clipnorm } : {}),
+    ...(c.clipvalue != null ? { clipvalue: c.clipvalue } : {}),
+  };
+  const o = { beta1: c.beta_1, beta2: c.beta_2, epsilon: c.epsilon };
+  const decay = c.weight_decay ?? 0;
+  // exclude_from_weight_decay(var_names=[...]) as the compile call wrote it, checked against the fixture's list
+  const match = /var_names=\[([^\]]*)\]/.exec(compile.how ?? '');
+  const names = match ? [...match[1].matchAll(/['"]([^'"]+)['"]/g)].map((x) => x[1]) : [];
+  if (decay) {
+    const pattern = names.length ? new RegExp(names.join('|')) : null;
+    const mine = [...trainable.entries()].filter(([p]) => pattern && pattern.test(kerasName(p))).map(([, k]) => k).sort();
+    const theirs = [...(compile.excluded_from_weight_decay ?? [])].filter((k) => [...trainable.values()].includes(k)).sort();
+    if (mine.join('\n') !== theirs.join('\n')) {
+      throw new Error(`${where}: weight-decay exclusions [${names.join(', ')}] select ${mine.length} trainable variables here, the fixture lists ${theirs.length}`);
+    }
+  }
+  switch (compile.optimizer_class) {
+    case 'keras.optimizers.Adam':
+    case 'keras.optimizers.AdamW':
+      // keras' Adam with weight_decay set decays exactly as AdamW (base_optimizer._apply_weight_decay)
+      return { optimizer: decay ? adamw({ ...o, weightDecay: decay, excludeFromWeightDecay: names }) : adam(o), learningRate: c.learning_rate, clipping };
+    case 'keras.optimizers.SGD':
+      if (decay) throw new Error(`${where}: SGD with weight_decay is not supported`);
+      return { optimizer: sgd({ momentum: c.momentum ?? 0, nesterov: c.nesterov ?? false }), learningRate: c.learning_rate, clipping };
+    default:
+      throw new Error(`${where}: optimizer ${compile.optimizer_class} is not supported (keras.optimizers.Adam, AdamW, SGD)`);
+  }
+}
+
+/** keras' clipping of a gradient pytree: clipvalue, then clipnorm (per variable), then global_clipnorm. */
+async function clip(grads: Trainable, c: Clipping): Promise<Trainable> {
+  let g = grads;
+  const replace = (next: Trainable) => {
+    if (g !== grads) d.disposeTree(g);
+    g = next;
+  };
+  if (c.clipvalue !== undefined) replace(d.mapTree(g, (x) => d.scoped(() => d.named(tf.clipByValue(x.tensor, -c.clipvalue!, c.clipvalue!), x.axes))));
+  if (c.clipnorm !== undefined) {
+    const n = c.clipnorm;
+    replace(d.mapTree(g, (x) => d.scoped(() => d.named(tf.mul(x.tensor, tf.div(n, tf.maximum(tf.norm(x.tensor), n))), x.axes))));
+  }
+  if (c.global_clipnorm !== undefined) replace((await clipByGlobalNormAsync(g, c.global_clipnorm)).grads);
+  return g;
+}
 
 /** Run `steps` optimizer steps on one batch; losses before each update, step-1 gradients, final params. */
 export async function trajectory(
@@ -152,7 +187,8 @@ export async function trajectory(
   optimizer: Optimizer,
   learningRate: number,
   steps: number,
-  tableGrad: boolean,
+  compat?: 'keras_hub',
+  clipping: Clipping = {},
 ): Promise<{ losses: number[]; firstGrads: Trainable; params: PaliGemmaParams }> {
   let current = trainableOf(params, trainable);
   let state = optimizer.init(current);
@@ -160,10 +196,12 @@ export async function trajectory(
   let firstGrads: Trainable = {};
   for (let step = 0; step < steps; step++) {
     const full = withLeaves(params, current);
-    const { value, grads } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { tableGrad }).loss, full, current);
+    const { value, grads } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }).loss, full, current);
     losses.push((await value.data())[0]);
     value.dispose();
-    const next = optimizer.update(current, grads, state, learningRate);
+    const clipped = await clip(grads, clipping);
+    const next = optimizer.update(current, clipped, state, learningRate);
+    if (clipped !== grads) d.disposeTree(clipped);
     if (step === 0) firstGrads = grads;
     else d.disposeTree(grads);
     if (step > 0) d.disposeTree(current); // step 0's are the caller's tensors
@@ -184,11 +222,15 @@ function loraFileOf(dir: string, m: Manifest): string {
 /** lora_grad: forward, loss and trainable gradients of the preset with the fixture's adapter. */
 export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainComputed> {
   const base = loadPreset(path.join(dir, 'preset'));
-  const params = withAdapters(base, readLoraH5(loraFileOf(dir, m), base.config));
+  const file = loraFileOf(dir, m);
+  const params = withAdapters(base, readLoraH5(file, base.config));
   const specs = [...kerasLayout(params.config), ...loraSpecs(params)];
   const batch = trainBatchOf(dir, m);
   const compat = m.options?.compat;
   const outputs: Tensors = new Map();
+  // the adapter as we would save it (keras_hub's save_lora_weights of the same model)
+  const saved = await adaptersOf(params);
+  const files = new Map<string, (out: string) => void>([[path.basename(file), (out) => writeLoraH5(out, params.config, saved)]]);
   try {
     const seq = backbone(params, batch, { compat });
     const l = logits(params, seq);
@@ -196,12 +238,12 @@ export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainCo
     outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
     tf.dispose([seq.tensor, l.tensor]);
     const trainable = trainableOf(params, loraTrainable(params));
-    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat, tableGrad: false }), params, trainable);
+    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }), params, trainable);
     outputs.set('loss', { shape: [1], data: Float32Array.from((await value.data()) as Float32Array) });
     const gradients = await toKeras(grads, specs);
     tf.dispose([value, report!.correct, report!.weight]);
     d.disposeTree(grads);
-    return { outputs, gradients };
+    return { outputs, gradients, files };
   } finally {
     tf.dispose(d.collectTensors(batch));
     d.disposeTree(params);
@@ -221,10 +263,10 @@ export async function computeTrajectory(dir: string, m: Manifest, own?: PaliGemm
     else kerasByPath.set(s.param, s.keras);
   }
   try {
-    const { optimizer, learningRate } = optimizerOf(dir, m, kerasByPath);
-    const steps = (m.trajectory as { steps?: number } | undefined)?.steps ?? (m.outputs.losses?.shape[0] as number);
     const trainable = lora ? loraTrainable(params) : selectTrainable(params);
-    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, !lora);
+    const { optimizer, learningRate, clipping } = optimizerOf(dir, m, new Map(trainable.map((p) => [p, kerasByPath.get(p)!])));
+    const steps = (m.trajectory as { steps?: number } | undefined)?.steps ?? (m.outputs.losses?.shape[0] as number);
+    const run = await trajectory(params, batch, trainable, optimizer, learningRate, steps, m.options?.compat, clipping);
     const files = new Map<string, (file: string) => void>();
     if (lora) {
       const saved: LoraFile = await adaptersOf(run.params);

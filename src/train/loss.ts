@@ -8,11 +8,12 @@
  *
  * Only the text positions whose weight is non-zero are unembedded (a zero weight contributes 0 to all three
  * sums), `chunk` positions at a time, and each chunk is one custom-gradient op that keeps only its inputs for
- * the backward pass and recomputes its logits there. So the vocabulary-wide tensors of the loss never exceed
- * `chunk x V` each (about five of them are live at once: logits, their soft cap, softmax, the one-hot targets
- * and the logit gradient), whatever B and L are. The default chunk is floor(2^24 / V) positions (65 for
- * PaliGemma's 257152 tokens), i.e. at most 64 MiB per such tensor, ~320 MiB in all. The tied embedding's
- * gradient (V x E, as large as the table) is computed only when `tableGrad` is true.
+ * the backward pass and recomputes its logits there (the logit gradient in its own scope). So the
+ * vocabulary-wide tensors of the loss are at most `chunk x V` floats each, whatever B and L are, and about six
+ * of them are live at once: the peak grows by 5.6 x V float32 per position of the chunk (measured with
+ * tf.profile, spec/train/loss.spec.ts). The default chunk is floor(2^24 / V) positions (65 for PaliGemma's
+ * 257152 tokens), at most 64 MiB per such tensor: ~360 MiB of peak for the loss on top of the activations.
+ * The tied embedding's gradient (V x E, as large as the table) is computed only when it is differentiated.
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -20,6 +21,7 @@ import type { Key, Named } from '../../dsl';
 import { backbone, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
 import { imageSequenceLength } from '../../models/config';
 import type { LossReport, TrainBatch } from './api';
+import { isDifferentiated } from './select';
 
 export interface LossOptions {
   /** Dropout on (training mode) with this key; absent = the deterministic forward. */
@@ -29,8 +31,9 @@ export interface LossOptions {
   /** keras_hub's code where it departs from its documentation (models/paligemma.ts). */
   readonly compat?: 'keras_hub';
   /**
-   * Whether the gradient reaches the tied embedding through the logits (default true). Pass false when the
-   * embedding is frozen (LoRA): tfjs would otherwise compute, then drop, a V x E gradient per chunk.
+   * Whether the gradient reaches the tied embedding through the logits. Default: inside
+   * `valueAndGradTrainable`, whether the embedding is trainable there; elsewhere true. When it is frozen
+   * (LoRA), tfjs would otherwise compute, then drop, a V x E gradient per chunk.
    */
   readonly tableGrad?: boolean;
   /**
@@ -80,26 +83,29 @@ function chunkOp(cap: number | null, table: Embedding, tableGrad: boolean) {
     return { logits, ce, value: tf.stack([tf.sum(tf.mul(w, ce)), tf.sum(tf.mul(w, hit))]) };
   };
   const backward = (dy: tf.Tensor, h: tf.Tensor, y: tf.Tensor, w: tf.Tensor, shards: readonly tf.Tensor[]) => {
-    const { logits, ce } = op(h, y, w, shards);
-    const V = logits.shape[1] as number;
     const dLoss = tf.slice(dy, [0], [1]);
-    // d ce / d logits = softmax - onehot(y), times the weight and the upstream gradient
-    let g = tf.mul(tf.sub(tf.softmax(logits), tf.oneHot(y as tf.Tensor1D, V)), tf.mul(tf.expandDims(w, 1), dLoss));
-    // through the soft cap: d(cap tanh(z/cap))/dz = 1 - tanh^2 = 1 - (logit / cap)^2
-    if (cap !== null) g = tf.mul(g, tf.sub(1, tf.square(tf.div(logits, cap))));
-    const gn = d.named(g, ['n', 'vocab'] as const);
+    // the logit gradient in its own scope, so that only it outlives the recomputed chunk
+    const [g, dw] = tf.tidy(() => {
+      const { logits, ce } = op(h, y, w, shards);
+      const V = logits.shape[1] as number;
+      // d ce / d logits = softmax - onehot(y), times the weight and the upstream gradient
+      let gl = tf.mul(tf.sub(tf.softmax(logits), tf.oneHot(y as tf.Tensor1D, V)), tf.mul(tf.expandDims(w, 1), dLoss));
+      // through the soft cap: d(cap tanh(z/cap))/dz = 1 - tanh^2 = 1 - (logit / cap)^2
+      if (cap !== null) gl = tf.mul(gl, tf.sub(1, tf.square(tf.div(logits, cap))));
+      return [gl, tf.mul(ce, dLoss)];
+    });
     let offset = 0;
     let dh: tf.Tensor | undefined;
     const dShards: tf.Tensor[] = [];
     for (const s of shards) {
       const rows = s.shape[0];
-      const gi = shards.length === 1 ? gn : d.named(tf.slice(g, [0, offset], [-1, rows]), ['n', 'vocab'] as const);
+      const gi = d.named(shards.length === 1 ? g : tf.slice(g, [0, offset], [-1, rows]), ['n', 'vocab'] as const);
       const part = d.dot(gi, axesOf(s), 'vocab').tensor; // [n, E]
       dh = dh ? tf.add(dh, part) : part;
       if (tableGrad) dShards.push(d.dot(gi, d.named(h, ['n', 'embed'] as const), 'n').tensor); // [V_i, E]
       offset += rows;
     }
-    return { dh: dh!, dy: tf.zerosLike(y), dw: tf.mul(ce, dLoss), dShards };
+    return { dh: dh!, dy: tf.zerosLike(y), dw, dShards };
   };
   const tableTensors = table.map((s) => s.tensor);
   if (tableGrad) {
@@ -149,7 +155,7 @@ export function causalLmLoss(params: PaliGemmaParams, batch: TrainBatch, options
   let picked = weightedPositions(batch.sample_weight.tensor, options.weights);
   // no weighted position: one zero-weight position keeps the loss (0) a function of the params
   if (picked.length === 0) picked = [0];
-  const tableGrad = options.tableGrad ?? true;
+  const tableGrad = options.tableGrad ?? params.token_embedding.some((s) => isDifferentiated(s.tensor) ?? true);
   return tf.tidy(() => {
     const seq = backbone(params, batch, { compat: options.compat, ...(options.key ? { train: { key: options.key } } : {}) });
     const n = imageSequenceLength(c);

@@ -167,19 +167,38 @@ export function sgd(o: SgdOptions = {}): Optimizer {
   };
 }
 
-/**
- * Scale every gradient by min(1, maxNorm / ||g||) with ||g|| the global L2 norm over all leaves (keras'
- * `global_clipnorm`: clip_by_global_norm). Returns new gradient tensors (the caller disposes the old ones)
- * and the norm before clipping.
- */
-export function clipByGlobalNorm<T extends Tree>(grads: T, maxNorm: number): { grads: T; norm: number } {
+/** The global norm (a scalar tensor) and the gradients scaled on the device by maxNorm / max(norm, maxNorm). */
+function clipOnDevice<T extends Tree>(grads: T, maxNorm: number): { grads: T; norm: tf.Scalar } {
   if (!(maxNorm > 0)) throw new Error(`clipByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
   const all = d.leaves(grads);
-  const normT = tf.tidy(() => (all.length ? tf.sqrt(tf.addN(all.map(([, x]) => tf.sum(tf.square(tf.cast(x.tensor, 'float32')))))) : tf.scalar(0)));
-  const norm = (normT.dataSync() as Float32Array)[0];
-  normT.dispose();
-  const factor = norm > maxNorm ? f32(maxNorm / norm) : 1;
-  return { grads: d.mapTree(grads, (x) => d.scoped(() => d.named(factor === 1 ? tf.clone(x.tensor) : tf.mul(x.tensor, factor), x.axes))), norm };
+  const norm = tf.tidy(() => (all.length ? tf.sqrt(tf.addN(all.map(([, x]) => tf.sum(tf.square(tf.cast(x.tensor, 'float32')))))) : tf.scalar(0))) as tf.Scalar;
+  // keras' clip_by_global_norm: g * clip / max(norm, clip), i.e. unchanged when the norm is below the limit
+  const factor = tf.tidy(() => tf.div(maxNorm, tf.maximum(norm, maxNorm)));
+  const out = d.mapTree(grads, (x) => d.scoped(() => d.named(tf.mul(x.tensor, factor), x.axes)));
+  factor.dispose();
+  return { grads: out, norm };
+}
+
+/**
+ * Scale every gradient by min(1, maxNorm / ||g||) with ||g|| the global L2 norm over all leaves (keras'
+ * `global_clipnorm`). Returns new gradient tensors (the caller disposes the old ones) and the norm before
+ * clipping. The scaling happens on the device; reading the norm is synchronous, which the webgpu backend
+ * cannot do in Node: use `clipByGlobalNormAsync` there.
+ */
+export function clipByGlobalNorm<T extends Tree>(grads: T, maxNorm: number): { grads: T; norm: number } {
+  if (tf.getBackend() === 'webgpu') throw new Error('clipByGlobalNorm: webgpu has no synchronous read in Node; use clipByGlobalNormAsync');
+  const r = clipOnDevice(grads, maxNorm);
+  const norm = (r.norm.dataSync() as Float32Array)[0];
+  r.norm.dispose();
+  return { grads: r.grads, norm };
+}
+
+/** `clipByGlobalNorm` on any backend, the norm read asynchronously. */
+export async function clipByGlobalNormAsync<T extends Tree>(grads: T, maxNorm: number): Promise<{ grads: T; norm: number }> {
+  const r = clipOnDevice(grads, maxNorm);
+  const norm = ((await r.norm.data()) as Float32Array)[0];
+  r.norm.dispose();
+  return { grads: r.grads, norm };
 }
 
 /** Dispose every slot of an optimizer state. */

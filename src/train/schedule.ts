@@ -54,7 +54,7 @@ export function warmupLinear(options: WarmupOptions): Schedule {
     checkStep('warmupLinear', step);
     const p = progress(o, step);
     if (p < 0) return (o.peak * (step + 1)) / o.warmupSteps;
-    return o.peak + (o.final - o.peak) * p;
+    return p >= 1 ? o.final : o.peak + (o.final - o.peak) * p; // exactly `final` at the end
   };
 }
 
@@ -64,6 +64,6 @@ export function warmupCosine(options: WarmupOptions): Schedule {
     checkStep('warmupCosine', step);
     const p = progress(o, step);
     if (p < 0) return (o.peak * (step + 1)) / o.warmupSteps;
-    return o.final + ((o.peak - o.final) * (1 + Math.cos(Math.PI * p))) / 2;
+    return p >= 1 ? o.final : o.final + ((o.peak - o.final) * (1 + Math.cos(Math.PI * p))) / 2;
   };
 }

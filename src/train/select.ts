@@ -139,6 +139,18 @@ export function summarize(params: unknown, paths: readonly string[]): SelectionS
   return { trainable: t, frozen: f, byGroup, text: lines.join('\n') };
 }
 
+/** The tensors being differentiated by the innermost `valueAndGradTrainable` call (empty outside one). */
+const differentiated: Array<ReadonlySet<tf.Tensor>> = [];
+
+/**
+ * Whether `x` is differentiated by the `valueAndGradTrainable` call running now: true or false inside one,
+ * undefined outside (a loss can then skip gradients nobody asked for, e.g. the frozen embedding's).
+ */
+export function isDifferentiated(x: tf.Tensor): boolean | undefined {
+  const top = differentiated[differentiated.length - 1];
+  return top ? top.has(x) : undefined;
+}
+
 /**
  * The value of `loss(params)` and its gradient with respect to the `trainable` leaves only (a flat record by
  * path, like `trainable`). The loss may return a scalar or a `LossReport` (then `report` holds it; its
@@ -154,7 +166,10 @@ export function valueAndGradTrainable<P>(
   if (paths.length === 0) throw new Error('valueAndGradTrainable: nothing is trainable');
   const xs = paths.map((p) => trainable[p].tensor);
   let aux: { correct: tf.Scalar; weight: tf.Scalar } | undefined;
-  const { value, grads } = tf.engine().gradients(
+  differentiated.push(new Set(xs));
+  let result: { value: tf.Tensor; grads: Array<tf.Tensor | undefined> };
+  try {
+    result = tf.engine().gradients(
     () => {
       const inner: Record<string, Named> = {};
       paths.forEach((p, i) => (inner[p] = new d.Named(xs[i], trainable[p].axes)));
@@ -168,6 +183,10 @@ export function valueAndGradTrainable<P>(
     undefined,
     true,
   );
+  } finally {
+    differentiated.pop();
+  }
+  const { value, grads } = result;
   if (value.rank !== 0) {
     tf.dispose([value, ...grads.filter((g) => g)]);
     throw new Error(`valueAndGradTrainable: the loss must be a scalar, got shape [${value.shape.join(', ')}]`);
