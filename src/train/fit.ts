@@ -32,7 +32,7 @@ import { writeFileAtomic } from '../../checkpoints/atomic';
 import type { Optimizer, OptimizerState, Schedule } from './api';
 import { batchAt, batchesPerEpoch, checkBatchOptions, START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
 import { causalLmLoss } from './loss';
-import { adam, clipByGlobalNorm, disposeState } from './optim';
+import { adam, clipByGlobalNormAsync, disposeState } from './optim';
 import { constant } from './schedule';
 import { selectTrainable, summarize, trainableOf, valueAndGradTrainable, withLeaves, type Selection } from './select';
 import { evaluate, type EvalReport } from './evaluate';
@@ -331,7 +331,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
       let grads = meanGrads(parts);
       let gradNorm: number | undefined;
       if (options.clipNorm !== undefined) {
-        const clipped = clipByGlobalNorm(grads, options.clipNorm);
+        const clipped = await clipByGlobalNormAsync(grads, options.clipNorm);
         d.disposeTree(grads);
         grads = clipped.grads;
         gradNorm = clipped.norm;
