@@ -30,7 +30,7 @@ import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Tokenizer } from '../text/tokenizer';
 import { writeFileAtomic } from '../../checkpoints/atomic';
 import type { Optimizer, OptimizerState, Schedule } from './api';
-import { batchAt, batchesPerEpoch, checkBatchOptions, START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
+import { batchAt, batchesPerEpoch, checkBatchOptions, DATA_START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
 import { causalLmLoss } from './loss';
 import { adam, clipByGlobalNormAsync, disposeState } from './optim';
 import { constant } from './schedule';
@@ -161,7 +161,8 @@ function meanGrads(parts: Record<string, Named>[]): Record<string, Named> {
   if (parts.length === 1) return parts[0];
   const out: Record<string, Named> = {};
   for (const p of Object.keys(parts[0])) {
-    out[p] = d.scoped(() => d.named(tf.div(tf.addN(parts.map((g) => g[p].tensor)), parts.length), parts[0][p].axes));
+    // a chain of adds, not tf.addN: webgpu binds every addN input as a storage buffer (at most 8-12 per stage)
+    out[p] = d.scoped(() => d.named(tf.div(parts.slice(1).reduce((acc, g) => tf.add(acc, g[p].tensor), parts[0][p].tensor), parts.length), parts[0][p].axes));
   }
   for (const g of parts) d.disposeTree(g);
   return out;
@@ -237,7 +238,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   let trainable = trainableOf(params, paths);
   let owned = false;
   let state: OptimizerState;
-  let position: DataPosition = START;
+  let position: DataPosition = DATA_START;
   let step = 0;
   if (options.resume && hasCheckpoint(options.resume)) {
     const ck = loadCheckpoint<History>(options.resume, trainable, optimizer, fingerprint);
