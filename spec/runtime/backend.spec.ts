@@ -218,7 +218,7 @@ test.serial('main: --help, unknown commands, bad flags', async (t) => {
 
   const unknown = capture();
   t.is(await main(['nope'], unknown), 1);
-  t.deepEqual(unknown.errors, ["paligemma: unknown command 'nope'; commands: info, run, generate, run-fixture", "run 'paligemma --help' for usage"]);
+  t.deepEqual(unknown.errors, ["paligemma: unknown command 'nope'; commands: info, run, generate, run-fixture, fine-tune, eval", "run 'paligemma --help' for usage"]);
 
   const bad = capture();
   t.is(await main(['info', '--backend', 'gpu'], bad), 1);
