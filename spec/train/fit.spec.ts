@@ -105,6 +105,29 @@ test.serial('a dropout key with dropout 0 is reported; a trainable selection tra
   d.disposeTree(lm.params);
 });
 
+test.serial('dropout from explicit keys: the same key repeats the run, another key changes it; dropout without a key is reported', async (t) => {
+  const dir = tempDir(t);
+  const data = readJsonl(tinyJsonl(dir, 2));
+  const lm = loadCausalLM(preset);
+  const params = { ...lm.params, config: { ...lm.params.config, dropout: 0.5 } };
+  const run = async (dropout?: d.Key) => {
+    const warnings: string[] = [];
+    const r = await fit(params, data, { tokenizer: lm.tokenizer, steps: 2, batchSize: 2, schedule: 1e-2, dropout, onWarning: (m) => warnings.push(m) });
+    d.disposeTree(trainableOf(r.params, r.trainable));
+    return { losses: r.history.steps.map((s) => s.loss), warnings };
+  };
+  const a = await run(d.key(1));
+  const b = await run(d.key(1));
+  const c = await run(d.key(2));
+  const none = await run();
+  t.deepEqual(b.losses, a.losses);
+  t.notDeepEqual(c.losses, a.losses);
+  t.notDeepEqual(none.losses, a.losses);
+  t.deepEqual(a.warnings, []);
+  t.deepEqual(none.warnings, ['the config has dropout 0.5 but no dropout key was given: training runs without dropout']);
+  d.disposeTree(lm.params);
+});
+
 test.serial('evaluation every N steps: loss, token accuracy, exact match; onEval sees each; the loss curve is written', async (t) => {
   const dir = tempDir(t);
   const data = readJsonl(tinyJsonl(dir, 4));

@@ -22,7 +22,7 @@ import { hasCheckpoint } from '../train/checkpoint';
 import { adam, adamw } from '../train/optim';
 import { constant, warmupCosine, warmupLinear } from '../train/schedule';
 import { selectTrainable, summarize, trainableOf } from '../train/select';
-import { adaptersOf, enableLora, loraTrainable, mergeLora } from '../train/lora';
+import { adaptersOf, enableLora, loraTrainable } from '../train/lora';
 import { writeLoraH5 } from '../../checkpoints/lora';
 import type { Schedule } from '../train/api';
 import type { Stream } from '../train/progress';
@@ -120,16 +120,9 @@ export const fineTuneCommand = defineCommand({
       try {
         const last = result.history.steps[result.history.steps.length - 1];
         io.out(`done: ${result.step} steps (${result.stepsRun} in this run), final loss ${last?.loss.toFixed(4)}`);
-        const merged = f['lora-rank'] !== undefined ? mergeLora(result.params) : result.params;
-        try {
-          if (f['lora-rank'] !== undefined) writeLoraH5(path.join(out, 'adapters.lora.h5'), result.params.config, await adaptersOf(result.params));
-          await saveCausalLM({ params: merged, tokenizer: lm.tokenizer }, path.join(out, 'preset'), { sequenceLength: f['sequence-length'] ?? 512 });
-        } finally {
-          if (merged !== result.params) {
-            const keep = new Set(d.leaves(result.params).map(([, x]) => x));
-            for (const [, x] of d.leaves(merged)) if (!keep.has(x)) x.dispose();
-          }
-        }
+        if (f['lora-rank'] !== undefined) writeLoraH5(path.join(out, 'adapters.lora.h5'), result.params.config, await adaptersOf(result.params));
+        // adapted kernels are written merged (kernel + scale A.B), as keras_hub's save_to_preset does
+        await saveCausalLM({ params: result.params, tokenizer: lm.tokenizer }, path.join(out, 'preset'), { sequenceLength: f['sequence-length'] ?? 512 });
         writeHistory(path.join(out, 'history.json'), result.history);
         io.out(`saved: ${path.join(out, 'preset')} (loadCausalLM / --preset)${f['lora-rank'] !== undefined ? `, ${path.join(out, 'adapters.lora.h5')}` : ''}, ${path.join(out, 'loss.svg')}`);
         const ev = result.history.evals[result.history.evals.length - 1];

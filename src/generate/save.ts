@@ -83,8 +83,9 @@ function preprocessorJson(imageSize: number, sequenceLength: number) {
 const json = (x: unknown): string => JSON.stringify(x, null, 4);
 
 /**
- * Write `lm` as a keras_hub task preset in `dir` (replacing it whole). Params with LoRA adapters must be
- * merged first (keras_hub's save_to_preset writes merged kernels too). Memory-neutral.
+ * Write `lm` as a keras_hub task preset in `dir` (replacing it whole). A kernel with a LoRA adapter is
+ * written merged (kernel + scale A.B) and the adapters are not written, as keras_hub's save_to_preset does
+ * (the params codec, checkpoints/params.ts). Memory-neutral.
  */
 export async function saveCausalLM(lm: CausalLM, dir: string, options: SaveCausalLMOptions = {}): Promise<void> {
   const L = options.sequenceLength ?? 512;

@@ -129,7 +129,7 @@ export interface DataPosition {
   readonly epoch: number;
   readonly offset: number;
 }
-export const START: DataPosition = { epoch: 0, offset: 0 };
+export const DATA_START: DataPosition = { epoch: 0, offset: 0 };
 
 // ---------------------------------------------------------------------------------------------------------
 // Batches

@@ -30,9 +30,9 @@ import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Tokenizer } from '../text/tokenizer';
 import { writeFileAtomic } from '../../checkpoints/atomic';
 import type { Optimizer, OptimizerState, Schedule } from './api';
-import { batchAt, batchesPerEpoch, checkBatchOptions, START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
+import { batchAt, batchesPerEpoch, checkBatchOptions, DATA_START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
 import { causalLmLoss } from './loss';
-import { adam, clipByGlobalNorm, disposeState } from './optim';
+import { adam, clipByGlobalNormAsync, disposeState } from './optim';
 import { constant } from './schedule';
 import { selectTrainable, summarize, trainableOf, valueAndGradTrainable, withLeaves, type Selection } from './select';
 import { evaluate, type EvalReport } from './evaluate';
@@ -139,12 +139,30 @@ const positiveInt = (v: number | undefined, name: string): void => {
   if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new Error(`fit: ${name} must be a positive integer, got ${v}`);
 };
 
+/**
+ * FNV-1a (32-bit) over every example's prefix and suffix: the data a checkpoint was made with, independent
+ * of where the files sit (a moved dataset resumes; an edited one does not).
+ */
+export function dataHash(data: Dataset): string {
+  let h = 0x811c9dc5;
+  for (const e of data.examples) {
+    for (const s of [e.prefix, '\u0000', e.suffix, '\u0001']) {
+      for (let i = 0; i < s.length; i++) {
+        h ^= s.charCodeAt(i);
+        h = Math.imul(h, 0x01000193) >>> 0;
+      }
+    }
+  }
+  return h.toString(16).padStart(8, '0');
+}
+
 /** The mean of `accumulate` gradient records (frees the parts). */
 function meanGrads(parts: Record<string, Named>[]): Record<string, Named> {
   if (parts.length === 1) return parts[0];
   const out: Record<string, Named> = {};
   for (const p of Object.keys(parts[0])) {
-    out[p] = d.scoped(() => d.named(tf.div(tf.addN(parts.map((g) => g[p].tensor)), parts.length), parts[0][p].axes));
+    // a chain of adds, not tf.addN: webgpu binds every addN input as a storage buffer (at most 8-12 per stage)
+    out[p] = d.scoped(() => d.named(tf.div(parts.slice(1).reduce((acc, g) => tf.add(acc, g[p].tensor), parts[0][p].tensor), parts.length), parts[0][p].axes));
   }
   for (const g of parts) d.disposeTree(g);
   return out;
@@ -204,7 +222,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   }
 
   const fingerprint: Fingerprint = {
-    data: data.name,
+    data: dataHash(data),
     examples: data.examples.length,
     batchSize: batch.batchSize,
     accumulate,
@@ -220,7 +238,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   let trainable = trainableOf(params, paths);
   let owned = false;
   let state: OptimizerState;
-  let position: DataPosition = START;
+  let position: DataPosition = DATA_START;
   let step = 0;
   if (options.resume && hasCheckpoint(options.resume)) {
     const ck = loadCheckpoint<History>(options.resume, trainable, optimizer, fingerprint);
@@ -314,7 +332,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
       let grads = meanGrads(parts);
       let gradNorm: number | undefined;
       if (options.clipNorm !== undefined) {
-        const clipped = clipByGlobalNorm(grads, options.clipNorm);
+        const clipped = await clipByGlobalNormAsync(grads, options.clipNorm);
         d.disposeTree(grads);
         grads = clipped.grads;
         gradNorm = clipped.norm;
