@@ -89,6 +89,15 @@ backendTest('clipByGlobalNorm scales every gradient by maxNorm / ||g|| when abov
   d.disposeTree(g);
 }, { webgpu: true });
 
+backendTest('clipByGlobalNorm over more leaves than one webgpu stage binds (16 leaves of [1, 1, ...])', async (t) => {
+  const g = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`w${i}`, vec([1])]));
+  const { grads, norm } = await clipByGlobalNormAsync(g, 2);
+  t.is(norm, 4, 'sqrt(16)');
+  assertClose(t, await grads.w15.tensor.data(), [0.5], 1e-7, 0, 'scaled by 2 / 4');
+  d.disposeTree(grads);
+  d.disposeTree(g);
+}, { webgpu: true });
+
 test('schedules: constant, linear and cosine warmup with their end points', (t) => {
   t.is(constant(0.1)(1000), 0.1);
   const lin = warmupLinear({ peak: 1, warmupSteps: 4, totalSteps: 14, final: 0.1 });

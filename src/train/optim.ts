@@ -171,7 +171,10 @@ export function sgd(o: SgdOptions = {}): Optimizer {
 function clipOnDevice<T extends Tree>(grads: T, maxNorm: number): { grads: T; norm: tf.Scalar } {
   if (!(maxNorm > 0)) throw new Error(`clipByGlobalNorm: maxNorm must be > 0, got ${maxNorm}`);
   const all = d.leaves(grads);
-  const norm = tf.tidy(() => (all.length ? tf.sqrt(tf.addN(all.map(([, x]) => tf.sum(tf.square(tf.cast(x.tensor, 'float32')))))) : tf.scalar(0))) as tf.Scalar;
+  // a chain of adds, not tf.addN: webgpu binds every addN input as a storage buffer (at most 8-12 per stage)
+  const norm = tf.tidy(() =>
+    tf.sqrt(all.map(([, x]) => tf.sum(tf.square(tf.cast(x.tensor, 'float32')))).reduce((a, b) => tf.add(a, b), tf.scalar(0))),
+  ) as tf.Scalar;
   // keras' clip_by_global_norm: g * clip / max(norm, clip), i.e. unchanged when the norm is below the limit
   const factor = tf.tidy(() => tf.div(maxNorm, tf.maximum(norm, maxNorm)));
   const out = d.mapTree(grads, (x) => d.scoped(() => d.named(tf.mul(x.tensor, factor), x.axes)));
