@@ -114,7 +114,7 @@ test('--version and --help', async (t) => {
         '  --backend <auto|cpu|wasm|webgpu>  one of auto, cpu, wasm, webgpu  auto     where tensors run',
         '  --threads <integer>               integer >= 1                    -        wasm threads (default: 1)',
         '  --preset <name|dir>               string                          -        a built-in preset name, kaggle://..., hf://org/repo, or a directory',
-        '  --max-new-tokens <integer>        integer >= 1                    32       most tokens generated per prompt',
+        '  --max-new-tokens <integer>        integer >= 1                    64       most tokens generated per prompt',
       ].join('\n'),
     ),
     text,
