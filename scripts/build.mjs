@@ -24,8 +24,8 @@ const common = {
   format: 'cjs',
   target: 'node20',
   mainFields: ['module', 'main'],
-  // webgpu is a native addon; ava must be the runner's own instance (a bundled copy has no runner).
-  external: ['webgpu', 'ava'],
+  // webgpu and onnxruntime-node are native addons; ava must be the runner's own instance (a bundled copy has no runner).
+  external: ['webgpu', 'ava', 'onnxruntime-node', 'onnxruntime-node/*'],
   sourcemap: 'linked',
   logLevel: 'warning',
   // tfjs prints a banner suggesting tfjs-node on first use; it is noise for our users.
