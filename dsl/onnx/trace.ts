@@ -165,20 +165,20 @@ const opName = (): string => {
 const describeInputs = (inputs: readonly Value[]): string => inputs.map((v) => `${v.dtype}[${v.shape.join(', ')}]`).join(', ');
 
 /** Run a kernel on the cpu backend over constants: its outputs as constants. */
-function fold(kernelName: string, inputs: Record<string, Value>, attrs: Record<string, unknown>): Array<{ values: Values; shape: number[]; dtype: tf.DataType }> {
+function fold(kernelName: string, inputs: Record<string, Value>, attrs: Record<string, unknown>, asArray: boolean): Array<{ values: Values; shape: number[]; dtype: tf.DataType }> {
   const cpu = tf.engine().findBackend('cpu');
   const kernel = tf.getKernel(kernelName, 'cpu');
   if (!cpu || !kernel) throw new Error(`jit: cannot fold ${kernelName}: no cpu kernel`);
   const written: DataId[] = [];
-  const infos = Object.fromEntries(
-    Object.entries(inputs).map(([k, v]) => {
-      const dataId = cpu.write(v.values!.slice(), v.shape as number[], v.dtype);
-      written.push(dataId);
-      return [k, { dataId, shape: v.shape as number[], dtype: v.dtype }];
-    }),
-  );
+  const entries = Object.entries(inputs).map(([k, v]) => {
+    const dataId = cpu.write(v.values!.slice(), v.shape as number[], v.dtype);
+    written.push(dataId);
+    return [k, { dataId, shape: v.shape as number[], dtype: v.dtype }] as const;
+  });
+  // Concat and Pack take an array of inputs, the other kernels a record
+  const infos = asArray ? entries.map(([, info]) => info) : Object.fromEntries(entries);
   try {
-    const out = kernel.kernelFunc({ inputs: infos, attrs: attrs as tf.NamedAttrMap, backend: cpu });
+    const out = kernel.kernelFunc({ inputs: infos as unknown as tf.NamedTensorInfoMap, attrs: attrs as tf.NamedAttrMap, backend: cpu });
     const outs = Array.isArray(out) ? out : [out];
     return outs.map((o) => {
       const values = typed(cpu.readSync(o.dataId), o.dtype, o.shape.reduce((a, b) => a * b, 1)).slice();
@@ -204,7 +204,7 @@ function recordKernel(kernelName: string) {
     }
     const many = spec.outputs !== undefined;
     if (list.every((v) => v.kind === 'const') && spec.fold !== false) {
-      const outs = fold(kernelName, byName, a).map((o) => {
+      const outs = fold(kernelName, byName, a, Array.isArray(inputs)).map((o) => {
         const dataId = {};
         b.bind(dataId, newValue(t, { shape: o.shape, dtype: o.dtype, kind: 'const', values: o.values }));
         return { dataId, shape: o.shape, dtype: o.dtype };

@@ -48,6 +48,8 @@ import { imageSequenceLength } from '../../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
 import { decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
+import { compiledModels } from '../runtime/backend';
+import { decodeStepCompiled, prefillCompiled } from './compiled';
 
 // -------------------------------------------------------------------------------------------------
 // samplers
@@ -202,7 +204,7 @@ export interface StepOutput {
 }
 
 /** Final RMSNorm, tied embedding, final soft cap: hidden [batch, embed] -> logits [batch, vocab]. */
-function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>): Named<readonly ['batch', 'vocab']> {
+export function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>): Named<readonly ['batch', 'vocab']> {
   return d.scoped(() => {
     const normed = d.rmsNorm(h, p.final_norm.scale, 'embed', p.config.layer_norm_epsilon);
     let out: Named = unembed(normed, p.token_embedding);
@@ -328,6 +330,8 @@ export interface GenerateOptions {
   /** Also return the sampler's candidates and q per step (top-k, top-p). */
   readonly returnChoices?: boolean;
   readonly compat?: 'keras_hub';
+  /** Run prefill and decode steps compiled on onnxruntime (two sessions). Default: the 'onnx' backend is active. */
+  readonly compiled?: boolean;
 }
 
 export interface GenerateOutput {
@@ -411,7 +415,9 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const choices: Choice[][] | undefined = options.returnChoices ? plen.map(() => []) : undefined;
   const isActive = (r: number, step: number) => plen[r] + step < length; // row r samples position P_r + step
 
-  let state = prefill(p, inputs.images, tokens, plen, length, options.compat);
+  const compiled = options.compiled ?? compiledModels();
+  const [runPrefill, runStep] = compiled ? [prefillCompiled, decodeStepCompiled] : [prefill, decodeStep];
+  let state = runPrefill(p, inputs.images, tokens, plen, length, options.compat);
   let step = 0;
   try {
     for (;;) {
@@ -433,7 +439,7 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
       const active = plen.map((_, r) => isActive(r, step));
       const feed = plen.map((len, r) => (active[r] ? tokens[r][len + step - 1] : 0));
       const at = plen.map((len, r) => (active[r] ? n + len + step - 1 : n + length - 1));
-      const next = decodeStep(p, state.cache, feed, at, active, options.compat);
+      const next = runStep(p, state.cache, feed, at, active, options.compat);
       disposeState(state);
       state = next;
     }
