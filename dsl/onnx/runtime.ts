@@ -87,8 +87,11 @@ export function createSession(model: Uint8Array, threads = onnxThreads()): Sessi
     interOpNumThreads: 1,
     executionMode: 'sequential',
     executionProviders: [{ name: 'cpu' }],
+    // PALIGEMMA_ORT_PROFILE=<prefix>: onnxruntime writes a JSON trace of every node (written at exit)
+    ...(process.env.PALIGEMMA_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.PALIGEMMA_ORT_PROFILE } : {}),
   });
   let released = false;
+  if (process.env.PALIGEMMA_ORT_PROFILE) process.once('exit', () => !released && (s as unknown as { endProfiling(): void }).endProfiling());
   return {
     run(feeds, outputs) {
       if (released) throw new Error('jit: this compiled function was disposed');

@@ -1,17 +1,24 @@
 /**
  * `npm run bench`: forward time of a 50M-parameter PaliGemma (random weights; batch 1, 32 text tokens) on
- * each backend. Prints the median over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only),
- * and peak tensor memory. A script, not a test: speed is compared against baselines printed in the same run.
+ * each backend, then generation (prefill of 256 image + 10 prompt tokens, greedy decode). Prints the median
+ * over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only), and memory; then the same-run
+ * ratios against wasm with 2 threads. A script, not a test: speed is compared within one run.
  *
- *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32]      (wasm:2 = wasm with 2 threads)
+ *   node dist/bench.js [--backends onnx,wasm,wasm:2] [--runs 5] [--text 32] [--decode 32]
+ *       wasm:2 = wasm with 2 threads; onnx = compiled onto onnxruntime (onnx:1 = one thread); cpu is slow (~40 s)
+ *   node dist/bench.js --big [--decode 8]     a 3B-sized model (PaliGemma 3B 224, random weights) on onnx:
+ *       prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS (needs ~12 GiB of RAM)
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../../models/config';
-import { backbone, logits, type BackboneInputs } from '../../models/paligemma';
+import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
 import { initParams } from '../../checkpoints/init';
-import { parameterCount } from '../../checkpoints/params';
+import { buildTree, kerasLayout, parameterCount, skeleton } from '../../checkpoints/params';
+import { familyConfig } from '../../checkpoints/presets';
 import { setBackend, type BackendRequest } from '../runtime/backend';
+import { decodeStep, prefill, type StepOutput } from '../generate/generate';
+import { decodeStepCompiled, prefillCompiled } from '../generate/compiled';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
   ...CONFIG_DEFAULTS,
@@ -58,17 +65,59 @@ function benchInputs(c: PaliGemmaConfig, text: number): BackboneInputs {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-export async function bench(backends: string[], runs: number, text: number): Promise<void> {
+interface Result {
+  readonly label: string;
+  readonly forwardMs: number;
+  readonly prefillMs: number;
+  readonly tokensPerSecond: number;
+}
+
+const compiledForward = d.jit((p: PaliGemmaParams, x: BackboneInputs) => logits(p, backbone(p, x)), { name: 'forward' });
+
+/** Prefill (256 image + `prompt` tokens) median ms over `runs`, then `steps` greedy decode steps: tokens/s. */
+async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], compiled: boolean, prompt: number, steps: number, runs: number) {
+  const [pre, step] = compiled ? [prefillCompiled, decodeStepCompiled] : [prefill, decodeStep];
+  const ids = [Array.from({ length: prompt }, (_, i) => 2 + ((i * 7919) % 1000))];
+  const n = imageSequenceLength(p.config);
+  const length = prompt + steps;
+  const times: number[] = [];
+  let state!: StepOutput;
+  for (let i = 0; i <= runs; i++) {
+    if (state) tf.dispose(d.collectTensors(state));
+    const t0 = performance.now();
+    state = pre(p, images, ids, [prompt], length);
+    await state.logits.tensor.data();
+    if (i > 0) times.push(performance.now() - t0);
+  }
+  const t0 = performance.now();
+  for (let s = 0; s < steps - 1; s++) {
+    const host = await state.logits.tensor.data();
+    let best = 0;
+    for (let v = 1; v < host.length; v++) if (host[v] > host[best]) best = v;
+    const next = step(p, state.cache, [best], [n + prompt + s], [true]);
+    tf.dispose(d.collectTensors(state));
+    state = next;
+  }
+  await state.logits.tensor.data();
+  const decodeMs = performance.now() - t0;
+  tf.dispose(d.collectTensors(state));
+  return { prefillMs: median(times), msPerToken: decodeMs / (steps - 1) };
+}
+
+export async function bench(backends: string[], runs: number, text: number, decodeSteps = 32): Promise<void> {
   const c = BENCH_CONFIG;
   const flops = forwardFlops(c, text);
   console.log(`config: 50M PaliGemma (${(parameterCount(c) / 1e6).toFixed(1)}M params), batch 1, ${imageSequenceLength(c)} image + ${text} text tokens, ${(flops / 1e9).toFixed(2)} GFLOP of matmuls per forward`);
-  console.log('reference on this machine (MEASURED.md): keras_hub JAX/XLA 0.075-0.079 s, keras_hub torch 0.22-0.25 s (2 threads)');
+  console.log('reference on this kind of machine (MEASURED.md, Zen 4): keras_hub JAX/XLA 0.125 s, onnxruntime on an HF export 0.130 s (2 threads)');
+  const results: Result[] = [];
   for (const spec of backends) {
     const [b, threads] = spec.split(':');
     const info = await setBackend(b as BackendRequest, threads ? { threads: Number(threads) } : {});
+    const compiled = info.name === 'onnx';
     const params = initParams(c, d.key(0));
     const inputs = benchInputs(c, text);
     const forward = () => {
+      if (compiled) return compiledForward(params, inputs);
       const seq = backbone(params, inputs);
       const out = logits(params, seq);
       seq.dispose();
@@ -78,25 +127,84 @@ export async function bench(backends: string[], runs: number, text: number): Pro
     let peak = 0;
     for (let i = 0; i <= runs; i++) {
       const t0 = performance.now();
-      const prof = await tf.profile(async () => {
+      if (compiled) {
         const out = forward();
         await out.tensor.data();
         out.dispose();
-      });
+      } else {
+        const prof = await tf.profile(async () => {
+          const out = forward();
+          await out.tensor.data();
+          out.dispose();
+        });
+        peak = Math.max(peak, prof.peakBytes);
+      }
       const ms = performance.now() - t0;
-      peak = Math.max(peak, prof.peakBytes);
-      if (i > 0) times.push(ms); // run 0 is the warm-up
+      if (i > 0) times.push(ms); // run 0 is the warm-up (and, compiled, the trace and session)
     }
     const ms = median(times);
+    const label = info.name + (info.threads ? ` x${info.threads}` : '');
     console.log(
-      `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
-        `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, ` +
+      `${label.padEnd(9)} forward median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
+        `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, ` +
+        (compiled ? '' : `peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, `) +
         `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
-        (info.reason ? ` (${info.reason})` : ''),
+        (info.reason !== 'requested' ? ` (${info.reason})` : ''),
     );
+    const g = await generation(params, inputs.images, compiled, 10, decodeSteps, Math.max(1, Math.min(runs, 3)));
+    console.log(`${label.padEnd(9)} generate: prefill (${imageSequenceLength(c)} image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(3)} s, decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token over ${decodeSteps - 1} steps)`);
+    results.push({ label, forwardMs: ms, prefillMs: g.prefillMs, tokensPerSecond: 1000 / g.msPerToken });
     tf.dispose(d.collectTensors(inputs));
     d.disposeTree(params);
   }
+  const base = results.find((r) => r.label === 'wasm x2') ?? results.find((r) => r.label.startsWith('wasm'));
+  if (base) {
+    for (const r of results) {
+      if (r === base) continue;
+      console.log(
+        `${r.label} vs ${base.label} (same run): forward ${(base.forwardMs / r.forwardMs).toFixed(2)}x, prefill ${(base.prefillMs / r.prefillMs).toFixed(2)}x, decode ${(r.tokensPerSecond / base.tokensPerSecond).toFixed(2)}x faster`,
+      );
+    }
+  }
+}
+
+/**
+ * Params of a config with the right shapes and glorot-sized values from a fast LCG (the bench's 3B model:
+ * keras_hub's initializers through our Threefry take ~5 minutes for 3B parameters on this machine; timing
+ * does not depend on the values).
+ */
+function fastParams(config: PaliGemmaConfig): PaliGemmaParams {
+  let seed = 12345;
+  return buildTree<PaliGemmaParams>(kerasLayout(config), (s) => {
+    const n = s.kerasShape.reduce((a, b) => a * b, 1);
+    const out = new Float32Array(n);
+    const leaf = s.keras.split('/').pop()!;
+    if (leaf === 'bias' || leaf === 'beta' || leaf === 'scale') return out;
+    if (leaf === 'gamma') return out.fill(1);
+    const limit = s.kerasShape.length >= 2 ? Math.sqrt(6 / (s.kerasShape[s.kerasShape.length - 2] + s.kerasShape[s.kerasShape.length - 1])) : 0.05;
+    for (let i = 0; i < n; i++) {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+      out[i] = (seed / 2 ** 31 - 1) * limit;
+    }
+    return out;
+  }, skeleton(config));
+}
+
+/** The 3B-sized model on onnx: prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS. */
+export async function benchBig(decodeSteps: number, threads?: number, layers?: number): Promise<void> {
+  const info = await setBackend('onnx', threads ? { threads } : {});
+  const full = familyConfig('PG1 3B', 224);
+  // --layers N: fewer decoder and ViT layers (a smoke test of the script on a small machine)
+  const config = layers ? { ...full, num_layers: layers, vit_num_layers: layers } : full;
+  const t0 = performance.now();
+  const params = fastParams(config);
+  console.log(`3B-sized model (PaliGemma 3B 224 shapes, ${(parameterCount(config) / 1e9).toFixed(2)}B params, ${(parameterCount(config) * 4 / 2 ** 30).toFixed(1)} GiB float32) built in ${((performance.now() - t0) / 1000).toFixed(1)} s; onnx x${info.threads}`);
+  const images = d.named(tf.randomUniform([1, 224, 224, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const);
+  const g = await generation(params, images, true, 10, decodeSteps, 1);
+  const peak = process.resourceUsage().maxRSS * 1024;
+  console.log(`3B onnx x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s (speed of light here ~3 s), decode ${(g.msPerToken / 1000).toFixed(3)} s/token over ${decodeSteps - 1} steps (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`);
+  images.dispose();
+  d.disposeTree(params);
 }
 
 if (require.main === module && !process.env.NO_BENCH_MAIN) {
@@ -104,7 +212,10 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
     const i = process.argv.indexOf(`--${name}`);
     return i >= 0 ? process.argv[i + 1] : fallback;
   };
-  bench(arg('backends', 'wasm,wasm:2,cpu').split(','), Number(arg('runs', '5')), Number(arg('text', '32'))).catch((e) => {
+  const run = process.argv.includes('--big')
+    ? benchBig(Number(arg('decode', '8')), process.argv.includes('--threads') ? Number(arg('threads', '0')) : undefined, process.argv.includes('--layers') ? Number(arg('layers', '0')) : undefined)
+    : bench(arg('backends', 'onnx,wasm,wasm:2').split(','), Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('decode', '32')));
+  run.catch((e) => {
     console.error(e);
     process.exit(1);
   });
