@@ -8,7 +8,8 @@ import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Command, Io } from './cli';
 import { backendFlag, flag } from './cli';
-import { setBackend } from '../runtime/backend';
+import { compiledModels, setBackend } from '../runtime/backend';
+import { forwardCompiled } from '../generate/compiled';
 import { computeFixture, readManifest, writeComputed } from './fixture';
 import { fromPreset } from '../runtime/preset';
 import { loadTokenizer } from '../text/tokenizer';
@@ -83,8 +84,10 @@ export const run: Command = {
         padding_mask: d.named(tf.tensor(packed.paddingMask, [1, length], 'int32'), ['batch', 'seq'] as const),
         response_mask: d.named(tf.tensor(packed.responseMask, [1, length], 'int32'), ['batch', 'seq'] as const),
       };
-      const seq = backbone(params, inputs);
-      const out = logits(params, seq);
+      // the onnx backend: one compiled graph (its outputs are freed by this scope like eager ones)
+      const both = compiledModels() ? forwardCompiled(params, inputs) : undefined;
+      const seq = both?.sequence_output ?? backbone(params, inputs);
+      const out = both?.logits ?? logits(params, seq);
       const last = d.slice(out, 'seq', length - 1, 1);
       return { seqShape: seq.shape, logitsShape: out.shape, last: tf.topk(tf.reshape(last.tensor, [-1]), 5) };
     });

@@ -14,7 +14,7 @@ import * as d from '../../dsl';
 import type { Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
-import { decode, embedInputs, lookup, type PaliGemmaParams } from '../../models/paligemma';
+import { backbone, decode, embedInputs, logits, lookup, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
 import { head, type LayerCache, type StepOutput } from './generate';
 
@@ -70,11 +70,22 @@ function decodeStepPure(p: PaliGemmaParams, cache: readonly LayerCache[], x: Ste
   return { logits: head(p, last), cache: next };
 }
 
+/** The backbone's sequence_output and the causal LM's logits in one graph. */
+function forwardPure(p: PaliGemmaParams, x: BackboneInputs, compat: 'keras_hub' | null) {
+  const sequence_output = backbone(p, x, { compat: compat ?? undefined });
+  return { sequence_output, logits: logits(p, sequence_output) };
+}
+
+const forwardJit = d.jit(forwardPure, { name: 'forward' });
+
+/** sequence_output [batch, N + T, embed] and logits [batch, T, vocab], compiled (one session per input shape). */
+export const forwardCompiled = (p: PaliGemmaParams, x: BackboneInputs, compat?: 'keras_hub') => forwardJit(p, x, compat ?? null);
+
 const prefillJit = d.jit(prefillPure, { name: 'prefill' });
 const decodeJit = d.jit(decodeStepPure, { name: 'decode_step' });
 
 /** The sessions behind compiled generation (traces, stats), e.g. to check that decode traced once. */
-export const compiledGeneration = { prefill: prefillJit, decodeStep: decodeJit };
+export const compiledGeneration = { forward: forwardJit, prefill: prefillJit, decodeStep: decodeJit };
 
 const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
   tf.tensor2d(Int32Array.from({ length: rows.length * width }, (_, i) => rows[Math.floor(i / width)][i % width] ?? 0), [rows.length, width], 'int32');

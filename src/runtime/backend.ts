@@ -90,6 +90,8 @@ export interface BackendOptions {
    * onnx: onnxruntime intra-op threads. Default: one per core.
    */
   readonly threads?: number;
+  /** auto: whether to consider onnx (default true; it is chosen when onnxruntime-node loads). */
+  readonly onnx?: boolean;
   /** webgpu and auto: how to get an adapter (tests inject a missing one). Default: navigator.gpu / Dawn. */
   readonly requestAdapter?: RequestAdapter;
 }
@@ -435,12 +437,12 @@ async function setAuto(options: BackendOptions): Promise<BackendInfo> {
   } catch (e) {
     why = `WebGPU is unavailable (${(e as Error).message})`;
   }
-  if (onnxAvailable()) {
+  if (options.onnx !== false && onnxAvailable()) {
     await startOnnx(options.threads);
-    lastChoice = { name: 'onnx', requested: 'auto', reason: `${why}: onnx (models compiled onto onnxruntime-node, ~4x wasm on CPU; params in host memory)` };
+    lastChoice = { name: 'onnx', requested: 'auto', reason: `${why}: onnx, models compiled onto onnxruntime-node, params in host memory` };
     return backendInfo();
   }
-  why += `, ${ONNX_MISSING}`;
+  if (options.onnx !== false) why += `, and ${ONNX_MISSING}`;
   try {
     const note = await startWasm(options.threads ?? defaultWasmThreads());
     lastChoice = { name: 'wasm', requested: 'auto', reason: `${why}: wasm${note}` };
