@@ -97,6 +97,14 @@ const ortType = (dtype: tf.DataType): OrtType => {
   throw new Error(`jit: ${dtype} tensors cannot be passed to a compiled function`);
 };
 
+/** A tensor's values as the typed array onnxruntime wants (tfjs may hold e.g. a float32 tensor's zeros in another array type). */
+function hostArray(t: tf.Tensor): ArrayBufferView {
+  const v = t.dataSync();
+  if (t.dtype === 'float32') return v instanceof Float32Array ? v : Float32Array.from(v);
+  if (t.dtype === 'int32') return v instanceof Int32Array ? v : Int32Array.from(v);
+  return v instanceof Uint8Array ? v : Uint8Array.from(v);
+}
+
 export function jit<F extends (...args: never[]) => unknown>(fn: F, options: JitOptions = {}): Jitted<F> {
   const cache = new Map<string, Compiled>();
   const stats: CompileStats[] = [];
@@ -149,7 +157,7 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
     leaves.forEach((leaf, k) => {
       const t = leaf instanceof Named ? leaf.tensor : leaf;
       // cpu backend: the tensor's own array (no copy); other backends copy it out once
-      feeds[c!.inputNames[k]] = { type: ortType(t.dtype), data: t.dataSync() as ArrayBufferView, dims: t.shape };
+      feeds[c!.inputNames[k]] = { type: ortType(t.dtype), data: hostArray(t), dims: t.shape };
     });
     const results = c.session.run(feeds, c.outputNames);
     let k = 0;

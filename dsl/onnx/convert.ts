@@ -48,6 +48,13 @@ export function convert(trace: Trace, inputs: readonly Value[], outputs: readonl
     return n;
   });
   let counter = 0;
+  const scalarOf = (value: number, dtype: tf.DataType, dims: number[]): string => {
+    const n = `s${counter++}`;
+    const t = onnxType(dtype);
+    const raw = t === 'float32' ? rawBytes(Float32Array.of(value)) : t === 'int32' ? rawBytes(Int32Array.of(value)) : Uint8Array.of(value ? 1 : 0);
+    initializers.push({ name: n, dtype: t, dims, raw });
+    return n;
+  };
   const int64Cache = new Map<string, string>();
   const e: Emit = {
     name(v) {
@@ -74,13 +81,8 @@ export function convert(trace: Trace, inputs: readonly Value[], outputs: readonl
       int64Cache.set(key, n);
       return n;
     },
-    scalar(value, dtype: tf.DataType) {
-      const n = `s${counter++}`;
-      const t = onnxType(dtype);
-      const raw = t === 'float32' ? rawBytes(Float32Array.of(value)) : t === 'int32' ? rawBytes(Int32Array.of(value)) : Uint8Array.of(value ? 1 : 0);
-      initializers.push({ name: n, dtype: t, dims: [], raw });
-      return n;
-    },
+    scalar: (value, dtype) => scalarOf(value, dtype, []),
+    scalar1: (value, dtype) => scalarOf(value, dtype, [1]),
     node(op, ins, outs, attrs) {
       nodes.push({ op, inputs: ins, outputs: outs, attrs, name: `n${nodes.length}_${op}` });
     },

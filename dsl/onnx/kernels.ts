@@ -21,6 +21,8 @@ export interface Emit {
   int64(values: readonly number[], dims?: readonly number[]): string;
   /** A scalar constant of a tfjs dtype. */
   scalar(value: number, dtype: tf.DataType): string;
+  /** The same as a [1] tensor. */
+  scalar1(value: number, dtype: tf.DataType): string;
   node(op: string, inputs: readonly string[], outputs: readonly string[], attrs?: Record<string, AttrValue>): void;
 }
 
@@ -377,6 +379,21 @@ export const kernelTable: Record<string, KernelSpec> = {
       return [{ shape: [...i.x.shape.slice(0, axis), ...i.indices.shape, ...i.x.shape.slice(axis + 1)], dtype: i.x.dtype }];
     },
     emit: (e, i, a, [o]) => e.node('Gather', [e.name(i.x), e.name(i.indices)], [o], { axis: int(normAxes(a.axis, i.x.shape.length)[0]) }),
+  },
+  OneHot: {
+    infer: (i, a) => [{ shape: [...i.indices.shape, a.depth as number], dtype: a.dtype as tf.DataType }],
+    emit: (e, i, a, [o], [out]) => {
+      // tfjs: off everywhere, on at the index (an index outside [0, depth) gives a row of off, as ONNX's).
+      // onnxruntime implements OneHot for (int64 indices, float values, int64 depth): cast around it.
+      const idx = e.tmp();
+      const values = e.tmp();
+      e.node('Cast', [e.name(i.indices)], [idx], { to: int(7) });
+      e.node('Concat', [e.scalar1(a.offValue as number, 'float32'), e.scalar1(a.onValue as number, 'float32')], [values], { axis: int(0) });
+      if (out.dtype === 'float32') return e.node('OneHot', [idx, e.int64([a.depth as number], []), values], [o], { axis: int(-1) });
+      const hot = e.tmp();
+      e.node('OneHot', [idx, e.int64([a.depth as number], []), values], [hot], { axis: int(-1) });
+      e.node('Cast', [hot], [o], { to: toDtype(out.dtype) });
+    },
   },
   ScatterNd: {
     // zeros of `shape` with `updates` added at `indices` (repeated indices sum, as tf.scatterND)
