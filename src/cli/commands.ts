@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Command, Io } from './cli';
-import { backendFlag, flag } from './cli';
+import { backendFlag, flag, threadsFlag } from './cli';
 import { compiledModels, setBackend } from '../runtime/backend';
 import { forwardCompiled } from '../generate/compiled';
 import { computeFixture, readManifest, writeComputed } from './fixture';
@@ -38,6 +38,12 @@ const positional = (args: readonly string[]): string[] => {
   return out;
 };
 
+/** --threads N: wasm or onnx threads. */
+const backendOptions = (args: readonly string[]) => {
+  const threads = threadsFlag(args);
+  return threads === undefined ? {} : { threads };
+};
+
 export const runFixture: Command = {
   name: 'run-fixture',
   usage: 'run-fixture <fixture-dir> --out <out-dir> [--backend cpu|wasm|webgpu]',
@@ -48,7 +54,7 @@ export const runFixture: Command = {
     if (!dir) throw new Error('missing <fixture-dir>');
     if (!out) throw new Error('missing --out <out-dir>');
     const manifest = readManifest(dir);
-    const info = await setBackend(backendFlag(args));
+    const info = await setBackend(backendFlag(args), backendOptions(args));
     const t0 = performance.now();
     const computed = await computeFixture(dir, manifest);
     writeComputed(out, computed);
@@ -66,7 +72,7 @@ export const run: Command = {
     const presetDir = presetArg ?? defaultPresetDir();
     const imagePath = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
     const prompt = flag(args, 'prompt') ?? 'caption en\n';
-    const info = await setBackend(backendFlag(args));
+    const info = await setBackend(backendFlag(args), backendOptions(args));
     const t0 = performance.now();
     const params = fromPreset(presetDir);
     const tokenizer = loadTokenizer(fs.existsSync(presetDir) ? presetDir : presetDir);
@@ -139,7 +145,7 @@ export const generateCommand: Command = {
     const maxLength = numberFlag(args, 'max-length') ?? 64;
     const sampler = samplerFlags(args);
     if (!fs.existsSync(image)) throw new Error(`--image ${image}: no such file`);
-    const info = await setBackend(backendFlag(args));
+    const info = await setBackend(backendFlag(args), backendOptions(args));
     const t0 = performance.now();
     let last = -1;
     const lm = loadCausalLM(preset, {
