@@ -72,6 +72,12 @@ interface Result {
   readonly tokensPerSecond: number;
 }
 
+/** CPU seconds of this process (all threads) since `from`: on a shared machine, wall time overstates work. */
+const cpuSeconds = (from: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1e6;
+};
+
 const compiledForward = d.jit((p: PaliGemmaParams, x: BackboneInputs) => logits(p, backbone(p, x)), { name: 'forward' });
 
 /** Prefill (256 image + `prompt` tokens) median ms over `runs`, then `steps` greedy decode steps: tokens/s. */
@@ -81,14 +87,18 @@ async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], 
   const n = imageSequenceLength(p.config);
   const length = prompt + steps;
   const times: number[] = [];
+  const cpuTimes: number[] = [];
   let state!: StepOutput;
   for (let i = 0; i <= runs; i++) {
     if (state) tf.dispose(d.collectTensors(state));
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     state = pre(p, images, ids, [prompt], length);
     await state.logits.tensor.data();
     if (i > 0) times.push(performance.now() - t0);
+    if (i > 0) cpuTimes.push(cpuSeconds(c0));
   }
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   for (let s = 0; s < steps - 1; s++) {
     const host = await state.logits.tensor.data();
@@ -100,8 +110,9 @@ async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], 
   }
   await state.logits.tensor.data();
   const decodeMs = performance.now() - t0;
+  const decodeCpu = cpuSeconds(c0);
   tf.dispose(d.collectTensors(state));
-  return { prefillMs: median(times), msPerToken: decodeMs / (steps - 1) };
+  return { prefillMs: median(times), prefillCpu: median(cpuTimes), msPerToken: decodeMs / (steps - 1), cpuPerToken: decodeCpu / (steps - 1) };
 }
 
 export async function bench(backends: string[], runs: number, text: number, decodeSteps = 32): Promise<void> {
@@ -152,7 +163,10 @@ export async function bench(backends: string[], runs: number, text: number, deco
         (info.reason !== 'requested' ? ` (${info.reason})` : ''),
     );
     const g = await generation(params, inputs.images, compiled, 10, decodeSteps, Math.max(1, Math.min(runs, 3)));
-    console.log(`${label.padEnd(9)} generate: prefill (${imageSequenceLength(c)} image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(3)} s, decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token over ${decodeSteps - 1} steps)`);
+    console.log(
+      `${label.padEnd(9)} generate: prefill (${imageSequenceLength(c)} image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(3)} s (${g.prefillCpu.toFixed(2)} CPU s), ` +
+        `decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token, ${(g.cpuPerToken * 1000).toFixed(1)} CPU ms/token, over ${decodeSteps - 1} steps)`,
+    );
     results.push({ label, forwardMs: ms, prefillMs: g.prefillMs, tokensPerSecond: 1000 / g.msPerToken });
     tf.dispose(d.collectTensors(inputs));
     d.disposeTree(params);
@@ -202,7 +216,10 @@ export async function benchBig(decodeSteps: number, threads?: number, layers?: n
   const images = d.named(tf.randomUniform([1, 224, 224, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const);
   const g = await generation(params, images, true, 10, decodeSteps, 1);
   const peak = process.resourceUsage().maxRSS * 1024;
-  console.log(`3B onnx x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s (speed of light here ~3 s), decode ${(g.msPerToken / 1000).toFixed(3)} s/token over ${decodeSteps - 1} steps (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`);
+  console.log(
+    `3B onnx x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s, ${g.prefillCpu.toFixed(1)} CPU s (speed of light here ~3 s), ` +
+      `decode ${(g.msPerToken / 1000).toFixed(3)} s/token, ${g.cpuPerToken.toFixed(3)} CPU s/token over ${decodeSteps - 1} steps (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`,
+  );
   images.dispose();
   d.disposeTree(params);
 }
