@@ -240,7 +240,7 @@ function register(): TraceBackend {
 }
 
 /**
- * Run `fn` on the trace backend. `makeInputs` creates the placeholders (via `placeholder`) and calls fn;
+ * Run `run` on the trace backend (it makes its inputs with `placeholder` and calls the traced function);
  * the previous backend is restored afterwards, whatever happens.
  */
 export function traced<T>(run: () => T): { result: T; trace: Trace } {
