@@ -4,3 +4,5 @@ export * from './ops';
 export * from './random';
 export * from './tree';
 export type * from './types';
+export { jit, type Jitted, type JitOptions, type CompileStats } from './jit';
+export { onnxAvailable, setOnnxThreads, onnxThreads } from './onnx/runtime';

@@ -28,3 +28,9 @@ void tf.setBackend('cpu');
 // instance exists by now.
 const cpuBackend = tf.findBackend('cpu') as unknown as { firstUse?: boolean } | null;
 if (cpuBackend != null) cpuBackend.firstUse = false;
+
+/**
+ * Whether tensors of the current backend can be read synchronously (`dataSync`): cpu and wasm. webgpu in Node
+ * cannot, and a traced graph (d.jit) has no values yet; callers take their tensor-only path there.
+ */
+export const readsSync = (): boolean => tf.getBackend() === 'cpu' || tf.getBackend() === 'wasm';

@@ -10,7 +10,7 @@
  *
  * Params carry their config, so the model is a pure function `backbone(params, inputs, options)`.
  */
-import { tf } from '../dsl/tf';
+import { tf, readsSync } from '../dsl/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import { imageSequenceLength, validateConfig, type PaliGemmaConfig } from './config';
@@ -124,10 +124,10 @@ export function prefixLmMaskValues(
   return out;
 }
 
-/** Host rows of a mask: given as rows, or read synchronously (cpu, wasm); undefined on webgpu (no dataSync in Node). */
+/** Host rows of a mask: given as rows, or read synchronously (cpu, wasm); undefined on webgpu (no dataSync in Node) and in a trace. */
 function hostRows(m: MaskRows): readonly ArrayLike<number>[] | undefined {
   if (!(m instanceof d.Named)) return m;
-  if (tf.getBackend() === 'webgpu') return undefined;
+  if (!readsSync()) return undefined;
   const [b, t] = m.shape;
   const v = m.tensor.dataSync();
   return Array.from({ length: b }, (_, r) => v.subarray(r * t, (r + 1) * t));
@@ -211,7 +211,7 @@ export function checkInputs(c: PaliGemmaConfig, x: BackboneInputs): void {
   expect('response_mask', x.response_mask.shape, [b, t]);
   // ids checked on the host where a synchronous read exists (cpu, wasm); webgpu in Node has no dataSync,
   // so there generate and the CLI check their host arrays before making the tensor
-  if (tf.getBackend() !== 'webgpu') {
+  if (readsSync()) {
     const ids = x.token_ids.tensor.dataSync();
     checkTokenIds(c, Array.from({ length: b }, (_, r) => ids.subarray(r * t, (r + 1) * t)), undefined, 'backbone');
   }

@@ -37,8 +37,8 @@ const common = {
   format: 'cjs',
   target: 'node20',
   mainFields: ['module', 'main'],
-  // webgpu is a native addon; ava must be the runner's own instance (a bundled copy has no runner).
-  external: ['webgpu', 'ava'],
+  // webgpu and onnxruntime-node are native addons; ava must be the runner's own instance (a bundled copy has no runner).
+  external: ['webgpu', 'ava', 'onnxruntime-node', 'onnxruntime-node/*'],
   sourcemap: 'linked',
   logLevel: 'warning',
   // tfjs prints a banner suggesting tfjs-node on first use; it is noise for our users.
@@ -59,18 +59,18 @@ const libraryEntry = {
 // every export throws "<module>.<name> is Node-only", so that Node-only paths (file names, caches, pngjs) are
 // inert in a page and say so if reached. The stubs are side-effect free: what the browser path does not
 // use, esbuild drops, and spec/browser.spec.ts checks what remains.
-const NODE_ONLY = /^(node:.*|fs|path|os|zlib|module|url|util|stream|events|assert|crypto|child_process|worker_threads|perf_hooks|buffer|pngjs|webgpu)$/;
+const NODE_ONLY = /^(node:.*|fs|path|os|zlib|module|url|util|stream|events|assert|crypto|child_process|worker_threads|perf_hooks|buffer|pngjs|webgpu|onnxruntime-node(?:\/.*)?)$/;
 const nodeOnly = {
   name: 'node-only',
   setup(build) {
     build.onResolve({ filter: NODE_ONLY }, (args) =>
       // packages map their Node-only requires to nothing themselves ("browser": {"fs": false}); ours get stubs
-      args.importer.includes('/node_modules/') && !/^(pngjs|webgpu)$/.test(args.path)
+      args.importer.includes('/node_modules/') && !/^(pngjs|webgpu|onnxruntime-node)/.test(args.path)
         ? undefined
         : { path: args.path.replace(/^node:/, ''), namespace: 'node-only', sideEffects: false },
     );
     build.onLoad({ filter: /.*/, namespace: 'node-only' }, async (args) => {
-      const names = args.path === 'pngjs' ? ['PNG'] : args.path === 'webgpu' ? [] : Object.keys(await import(`node:${args.path}`));
+      const names = args.path === 'pngjs' ? ['PNG'] : /^(webgpu|onnxruntime-node)/.test(args.path) ? [] : Object.keys(await import(`node:${args.path}`));
       const valid = names.filter((n) => /^[A-Za-z_$][\w$]*$/.test(n) && n !== 'default');
       const stub = (n) => `export const ${n} = /* @__PURE__ */ nodeOnly(${JSON.stringify(`${args.path}.${n}`)});`;
       return {

@@ -5,9 +5,11 @@
  */
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { backendTest, test, testBackends } from '../helpers/backends';
 import { tf } from '../../dsl/tf';
 import {
+  compiledModels,
   assertFitsBackend,
   availableBackends,
   backendInfo,
@@ -108,23 +110,34 @@ test.serial('wasm with 2 threads computes what 1 thread does', async (t) => {
   t.true(threaded.every((v, k) => Math.abs(v - single[k]) < 1e-4));
 });
 
-test.serial('auto passes over a software adapter and picks wasm', async (t) => {
+test.serial('auto passes over a software adapter and picks onnx (onnxruntime-node is installed)', async (t) => {
   const info = await setBackend('auto', { requestAdapter: async () => swiftShaderLike });
+  t.is(info.name, 'onnx');
+  t.is(info.requested, 'auto');
+  t.is(info.threads, availableParallelism(), 'onnx threads: one per core');
+  t.is(info.reason, 'the only WebGPU adapter is a software one (SwiftShader), ~100x slower than wasm: onnx, models compiled onto onnxruntime-node, params in host memory');
+  t.true(compiledModels());
+  await setBackend('cpu');
+  t.false(compiledModels(), 'another backend turns compiled model calls off');
+});
+
+test.serial('auto without onnx passes over a software adapter and picks wasm', async (t) => {
+  const info = await setBackend('auto', { requestAdapter: async () => swiftShaderLike, onnx: false });
   t.is(info.name, 'wasm');
   t.is(info.requested, 'auto');
   t.is(info.reason, 'the only WebGPU adapter is a software one (SwiftShader), ~100x slower than wasm: wasm');
 });
 
-test.serial('auto without any adapter picks wasm', async (t) => {
-  const info = await setBackend('auto', { requestAdapter: async () => null });
+test.serial('auto without any adapter and without onnx picks wasm', async (t) => {
+  const info = await setBackend('auto', { requestAdapter: async () => null, onnx: false });
   t.is(info.name, 'wasm');
   t.is(info.reason, 'no WebGPU adapter: wasm');
 });
 
-test.serial('auto picks wasm on this machine (SwiftShader at most)', async (t) => {
+test.serial('auto picks onnx on this machine (SwiftShader at most)', async (t) => {
   if (process.env.PALIGEMMA_WEBGPU === '1') return t.pass('a hardware GPU is declared here');
   const info = await setBackend('auto');
-  t.is(info.name, 'wasm');
+  t.is(info.name, 'onnx');
   if (vulkanIcdPresent()) t.regex(info.reason, /^the only WebGPU adapter is a software one/);
 });
 
@@ -134,7 +147,7 @@ test.serial('webgpu without an adapter says how to get one', async (t) => {
 
 test.serial('unknown backend names are refused', async (t) => {
   await t.throwsAsync(setBackend('gpu' as never), {
-    message: "setBackend: unknown backend 'gpu'; expected one of auto, cpu, wasm, webgpu",
+    message: "setBackend: unknown backend 'gpu'; expected one of auto, cpu, wasm, webgpu, onnx",
   });
 });
 
@@ -205,7 +218,7 @@ test.serial('main(["info"]) prints versions, backends, the choice and the demo',
   t.is(io.lines[2], '  cpu     yes (plain JavaScript, slow)');
   t.regex(io.lines[3], /^ {2}wasm {4}yes \(XNNPACK; \d+ cores here\)$/);
   t.regex(io.lines[4], /^ {2}webgpu {2}/);
-  t.regex(io.lines[5], /^backend: (wasm, 1 thread, SIMD on|webgpu) \(/);
+  t.regex(io.lines[5], /^backend: (onnx|wasm, 1 thread, SIMD on|webgpu) \(/);
   t.true(io.lines.includes('demo: gradient of sum(A.A) at A = [[1,2],[3,4]]: [[7,11],[9,13]] (expected [[7,11],[9,13]])'));
   t.true(io.lines.some((l) => /^demo: matMul 256x256: [\d.]+ ms \([\d.]+ GFLOP\/s\)$/.test(l)));
 });
@@ -213,7 +226,7 @@ test.serial('main(["info"]) prints versions, backends, the choice and the demo',
 test.serial('main: bad info flags are usage errors (exit 2)', async (t) => {
   const bad = capture();
   t.is(await main(['info', '--backend', 'gpu'], bad), 2);
-  t.deepEqual(bad.errors, ["paligemma info: --backend must be one of auto, cpu, wasm, webgpu; got 'gpu'", "run 'paligemma info --help' for its flags"]);
+  t.deepEqual(bad.errors, ["paligemma info: --backend must be one of auto, cpu, wasm, webgpu, onnx; got 'gpu'", "run 'paligemma info --help' for its flags"]);
   const threads = capture();
   t.is(await main(['info', '--threads', '0'], threads), 2);
   t.deepEqual(threads.errors, ["paligemma info: --threads must be an integer >= 1; got '0'", "run 'paligemma info --help' for its flags"]);

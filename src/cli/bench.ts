@@ -1,30 +1,28 @@
 /**
  * `npm run bench`: forward time of a 50M-parameter PaliGemma (random weights; batch 1, 32 text tokens) on
- * each backend. Prints the median over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only),
- * and peak tensor memory. A script, not a test: speed is compared against baselines printed in the same run.
- * Then a training row: steps/s of a LoRA (rank 4) and a full fine-tuning step (keras_hub's loss, Adam) on the
- * same config, with the peak tensor memory of a step; cpu is left out of it (minutes per step) unless named.
+ * each backend, then generation (prefill of 256 image + 10 prompt tokens, greedy decode). Prints the median
+ * over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only), and memory; then the same-run
+ * ratios against wasm with 2 threads. A script, not a test: speed is compared within one run.
  *
- * Then a decode row per backend: the prefill once, then `--steps` cached decode steps (one token each, the
- * logits read to the host as generate does): median ms per step and decode tokens/s.
+ *   node dist/bench.js [--backends onnx,wasm,wasm:2] [--runs 5] [--text 32] [--decode 32]
+ *       wasm:2 = wasm with 2 threads; onnx = compiled onto onnxruntime (onnx:1 = one thread); cpu is slow (~40 s)
+ * Then a training row (src/cli/bench_train.ts): steps/s of LoRA and full fine-tuning steps, peak memory.
  *
- *   node dist/bench.js [--backends wasm,wasm:2,cpu] [--runs 5] [--text 32] [--steps 32]      (wasm:2 = wasm with 2 threads)
- *                      [--only forward|train] [--train-backends wasm] [--train-runs 3] [--batch 2]
+ *   node dist/bench.js [--only forward|train] [--train-backends wasm] [--train-runs 3] [--batch 2]
+ *   node dist/bench.js --big [--decode 8]     a 3B-sized model (PaliGemma 3B 224, random weights) on onnx:
+ *       prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS (needs ~12 GiB of RAM)
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { CONFIG_DEFAULTS, imageSequenceLength, type PaliGemmaConfig } from '../../models/config';
-import { backbone, logits, type BackboneInputs } from '../../models/paligemma';
+import { backbone, logits, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
 import { initParams } from '../../checkpoints/init';
-import { parameterCount } from '../../checkpoints/params';
+import { buildTree, kerasLayout, parameterCount, skeleton } from '../../checkpoints/params';
+import { familyConfig } from '../../checkpoints/presets';
 import { setBackend, type BackendRequest } from '../runtime/backend';
-import { decodeStep, prefill, transposedEmbedding, type StepOutput } from '../generate/generate';
-import { adam, disposeState } from '../train/optim';
-import { trainStep } from '../train/step';
-import { defaultLossChunk } from '../train/loss';
-import { selectTrainable, trainableOf, type Trainable } from '../train/select';
-import { enableLora, loraTrainable } from '../train/lora';
-import type { TrainBatch } from '../train/api';
+import { decodeStep, prefill, type StepOutput } from '../generate/generate';
+import { decodeStepCompiled, prefillCompiled } from '../generate/compiled';
+import { benchTraining } from './bench_train';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
   ...CONFIG_DEFAULTS,
@@ -71,64 +69,70 @@ function benchInputs(c: PaliGemmaConfig, text: number): BackboneInputs {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/**
- * Median ms of one decode step after a prefill of `text` prompt tokens (batch 1, buffer text + steps),
- * each step feeding token 7 at the next position and reading its logits to the host.
- */
-export async function benchDecode(
-  p: ReturnType<typeof initParams>,
-  inputs: BackboneInputs,
-  text: number,
-  steps: number,
-  kernels = false,
-  transpose = true,
-): Promise<{ ms: number; cpuMs: number; peak: number; top?: string }> {
-  const n = imageSequenceLength(p.config);
-  const ids = [Array.from(await inputs.token_ids.tensor.data())];
-  const transposed = transpose ? transposedEmbedding(p) : undefined; // as generate does
-  let state: StepOutput = prefill(p, inputs.images, ids, [text], text + steps, undefined, transposed);
-  const free = (s: StepOutput) => tf.dispose(d.collectTensors(s));
-  const times: number[] = [];
-  const cpu: number[] = []; // process CPU time: steadier than wall time on a shared machine
-  const byKernel = new Map<string, number>();
-  let peak = 0;
-  try {
-    await state.logits.tensor.data();
-    for (let s = 0; s < steps; s++) {
-      const t0 = performance.now();
-      const c0 = process.cpuUsage();
-      let next: StepOutput | undefined;
-      const prof = await tf.profile(async () => {
-        next = decodeStep(p, state.cache, [7], [n + text + s], [true], undefined, transposed);
-        await next.logits.tensor.data();
-      });
-      times.push(performance.now() - t0);
-      const c1 = process.cpuUsage(c0);
-      cpu.push((c1.user + c1.system) / 1000);
-      peak = Math.max(peak, prof.peakBytes);
-      if (kernels && s > 0) for (const k of prof.kernels) byKernel.set(`${k.name}${process.env.BENCH_SHAPES ? JSON.stringify(k.inputShapes) : ''}`, (byKernel.get(k.name) ?? 0) + (Number(await k.kernelTimeMs) || 0) / (steps - 1));
-      free(state);
-      state = next!;
-    }
-  } finally {
-    free(state);
-    if (transposed) tf.dispose(transposed.map((t) => t.tensor));
-  }
-  const top = [...byKernel].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.BENCH_TOP ?? 8)).map(([k, ms]) => `${k} ${ms.toFixed(1)} ms`).join(', ');
-  return { ms: median(times.slice(1)), cpuMs: median(cpu.slice(1)), peak, ...(kernels ? { top } : {}) };
+interface Result {
+  readonly label: string;
+  readonly forwardMs: number;
+  readonly prefillMs: number;
+  readonly tokensPerSecond: number;
 }
 
-export async function bench(backends: string[], runs: number, text: number, steps = 32, kernels = false): Promise<void> {
+/** CPU seconds of this process (all threads) since `from`: on a shared machine, wall time overstates work. */
+const cpuSeconds = (from: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(from);
+  return (u.user + u.system) / 1e6;
+};
+
+const compiledForward = d.jit((p: PaliGemmaParams, x: BackboneInputs) => logits(p, backbone(p, x)), { name: 'forward' });
+
+/** Prefill (256 image + `prompt` tokens) median ms over `runs`, then `steps` greedy decode steps: tokens/s. */
+async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], compiled: boolean, prompt: number, steps: number, runs: number) {
+  const [pre, step] = compiled ? [prefillCompiled, decodeStepCompiled] : [prefill, decodeStep];
+  const ids = [Array.from({ length: prompt }, (_, i) => 2 + ((i * 7919) % 1000))];
+  const n = imageSequenceLength(p.config);
+  const length = prompt + steps;
+  const times: number[] = [];
+  const cpuTimes: number[] = [];
+  let state!: StepOutput;
+  for (let i = 0; i <= runs; i++) {
+    if (state) tf.dispose(d.collectTensors(state));
+    const t0 = performance.now();
+    const c0 = process.cpuUsage();
+    state = pre(p, images, ids, [prompt], length);
+    await state.logits.tensor.data();
+    if (i > 0) times.push(performance.now() - t0);
+    if (i > 0) cpuTimes.push(cpuSeconds(c0));
+  }
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  for (let s = 0; s < steps - 1; s++) {
+    const host = await state.logits.tensor.data();
+    let best = 0;
+    for (let v = 1; v < host.length; v++) if (host[v] > host[best]) best = v;
+    const next = step(p, state.cache, [best], [n + prompt + s], [true]);
+    tf.dispose(d.collectTensors(state));
+    state = next;
+  }
+  await state.logits.tensor.data();
+  const decodeMs = performance.now() - t0;
+  const decodeCpu = cpuSeconds(c0);
+  tf.dispose(d.collectTensors(state));
+  return { prefillMs: median(times), prefillCpu: median(cpuTimes), msPerToken: decodeMs / (steps - 1), cpuPerToken: decodeCpu / (steps - 1) };
+}
+
+export async function bench(backends: string[], runs: number, text: number, decodeSteps = 32): Promise<void> {
   const c = BENCH_CONFIG;
   const flops = forwardFlops(c, text);
   console.log(`config: 50M PaliGemma (${(parameterCount(c) / 1e6).toFixed(1)}M params), batch 1, ${imageSequenceLength(c)} image + ${text} text tokens, ${(flops / 1e9).toFixed(2)} GFLOP of matmuls per forward`);
-  console.log('reference on this machine (MEASURED.md): keras_hub JAX/XLA 0.075-0.079 s, keras_hub torch 0.22-0.25 s (2 threads)');
+  console.log('reference on this kind of machine (MEASURED.md, Zen 4): keras_hub JAX/XLA 0.125 s, onnxruntime on an HF export 0.130 s (2 threads)');
+  const results: Result[] = [];
   for (const spec of backends) {
     const [b, threads] = spec.split(':');
     const info = await setBackend(b as BackendRequest, threads ? { threads: Number(threads) } : {});
+    const compiled = info.name === 'onnx';
     const params = initParams(c, d.key(0));
     const inputs = benchInputs(c, text);
     const forward = () => {
+      if (compiled) return compiledForward(params, inputs);
       const seq = backbone(params, inputs);
       const out = logits(params, seq);
       seq.dispose();
@@ -136,136 +140,92 @@ export async function bench(backends: string[], runs: number, text: number, step
     };
     const times: number[] = [];
     let peak = 0;
-    for (let i = 0; runs > 0 && i <= runs; i++) {
+    for (let i = 0; i <= runs; i++) {
       const t0 = performance.now();
-      const prof = await tf.profile(async () => {
+      if (compiled) {
         const out = forward();
         await out.tensor.data();
         out.dispose();
-      });
+      } else {
+        const prof = await tf.profile(async () => {
+          const out = forward();
+          await out.tensor.data();
+          out.dispose();
+        });
+        peak = Math.max(peak, prof.peakBytes);
+      }
       const ms = performance.now() - t0;
-      peak = Math.max(peak, prof.peakBytes);
-      if (i > 0) times.push(ms); // run 0 is the warm-up
+      if (i > 0) times.push(ms); // run 0 is the warm-up (and, compiled, the trace and session)
     }
     const ms = median(times);
-    if (runs > 0) console.log(
-      `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
-        `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, ` +
+    const label = info.name + (info.threads ? ` x${info.threads}` : '');
+    console.log(
+      `${label.padEnd(9)} forward median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
+        `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, ` +
+        (compiled ? '' : `peak tensors ${(peak / 2 ** 20).toFixed(0)} MiB, `) +
         `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
-        (info.reason ? ` (${info.reason})` : ''),
+        (info.reason !== 'requested' ? ` (${info.reason})` : ''),
     );
-    if (steps > 1) {
-      // on wasm, the same run also decodes with the head as before (E . x^T, one output column), in
-      // alternating rounds: what the transposed embedding saves
-      const rounds = info.name === 'wasm' ? 2 : 1;
-      const runs_: { ms: number; cpuMs: number; peak: number; top?: string }[][] = [[], []];
-      for (let r = 0; r < rounds; r++) {
-        runs_[0].push(await benchDecode(params, inputs, text, steps, kernels && r === 0));
-        if (info.name === 'wasm') runs_[1].push(await benchDecode(params, inputs, text, steps, false, false));
-      }
-      const best = (xs: { ms: number; cpuMs: number; peak: number; top?: string }[]) => xs.reduce((a, b) => (b.cpuMs < a.cpuMs ? b : a));
-      const dec = best(runs_[0]);
-      console.log(
-        `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} decode: median ${dec.ms.toFixed(1)} ms per step (cpu time ${dec.cpuMs.toFixed(1)} ms) over ${steps - 1} steps ` +
-          `(${text} prompt tokens, cache ${imageSequenceLength(c) + text + steps} positions), ${(1000 / dec.ms).toFixed(1)} tokens/s, peak tensors ${(dec.peak / 2 ** 20).toFixed(1)} MiB`,
-      );
-      if (runs_[0][0].top) console.log(`          per step by kernel: ${runs_[0][0].top}`);
-      if (runs_[1].length > 0) {
-        const old = best(runs_[1]);
-        console.log(`${''.padEnd(9)} decode without the transposed embedding: median ${old.ms.toFixed(1)} ms per step (cpu time ${old.cpuMs.toFixed(1)} ms), ${(1000 / old.ms).toFixed(1)} tokens/s; cpu-time ratio ${(old.cpuMs / dec.cpuMs).toFixed(2)}x`);
-      }
-    }
+    const g = await generation(params, inputs.images, compiled, 10, decodeSteps, Math.max(1, Math.min(runs, 3)));
+    console.log(
+      `${label.padEnd(9)} generate: prefill (${imageSequenceLength(c)} image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(3)} s (${g.prefillCpu.toFixed(2)} CPU s), ` +
+        `decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token, ${(g.cpuPerToken * 1000).toFixed(1)} CPU ms/token, over ${decodeSteps - 1} steps)`,
+    );
+    results.push({ label, forwardMs: ms, prefillMs: g.prefillMs, tokensPerSecond: 1000 / g.msPerToken });
     tf.dispose(d.collectTensors(inputs));
     d.disposeTree(params);
   }
-}
-
-function trainBatch(c: PaliGemmaConfig, batch: number, text: number): TrainBatch {
-  const inputs = d.scoped(() => {
-    const S = c.image_size;
-    const seq = ['batch', 'seq'] as const;
-    // the second half of each row is the response: targets weighted there, as a captioning batch
-    const w = tf.concat([tf.zeros([batch, text / 2]), tf.ones([batch, text / 2])], 1);
-    return {
-      images: d.named(tf.randomUniform([batch, S, S, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const),
-      token_ids: d.named(tf.randomUniform([batch, text], 3, c.vocabulary_size, 'int32', 2), seq),
-      padding_mask: d.named(tf.ones([batch, text], 'int32'), seq),
-      response_mask: d.named(tf.cast(w, 'int32'), seq),
-      y: d.named(tf.randomUniform([batch, text], 3, c.vocabulary_size, 'int32', 3), seq),
-      sample_weight: d.named(w, seq),
-    };
-  });
-  return inputs;
+  const base = results.find((r) => r.label === 'wasm x2') ?? results.find((r) => r.label.startsWith('wasm'));
+  if (base) {
+    for (const r of results) {
+      if (r === base) continue;
+      console.log(
+        `${r.label} vs ${base.label} (same run): forward ${(base.forwardMs / r.forwardMs).toFixed(2)}x, prefill ${(base.prefillMs / r.prefillMs).toFixed(2)}x, decode ${(r.tokensPerSecond / base.tokensPerSecond).toFixed(2)}x faster`,
+      );
+    }
+  }
 }
 
 /**
- * Training steps/s (loss + gradients + Adam) of LoRA (rank 4, keras_hub's targets) and full fine-tuning on
- * the bench config, batch `batch` x `text` tokens, median over `runs` steps after one warm-up; peak tensor
- * memory of a step (tf.profile) and the live bytes around it (params, optimizer slots).
+ * Params of a config with the right shapes and glorot-sized values from a fast LCG (the bench's 3B model:
+ * keras_hub's initializers through our Threefry take ~5 minutes for 3B parameters on this machine; timing
+ * does not depend on the values).
  */
-export async function benchTraining(backends: string[], runs: number, batch: number, text: number): Promise<void> {
-  const c = BENCH_CONFIG;
-  const chunk = defaultLossChunk(c.vocabulary_size);
-  console.log(
-    `training: batch ${batch} x (${imageSequenceLength(c)} image + ${text} text tokens, ${(batch * text) / 2} weighted), Adam; ` +
-      `chunked loss: at most ${chunk} positions x ${c.vocabulary_size} vocab per logits-sized tensor (2^24 floats = 64 MiB, ~5 live = ~320 MiB), whatever B x L`,
-  );
-  for (const spec of backends) {
-    const [b, threads] = spec.split(':');
-    const info = await setBackend(b as BackendRequest, threads ? { threads: Number(threads) } : {});
-    const base = initParams(c, d.key(0));
-    const x = trainBatch(c, batch, text);
-    for (const mode of ['lora', 'full'] as const) {
-      if (info.name === 'wasm' && mode === 'full' && !process.env.BENCH_WASM_FULL) {
-        // measured: tfjs keeps every forward intermediate until the backward ends, so a full step's peak
-        // (params + grads + Adam slots + the tape) passes the 4 GiB wasm32 heap and the module aborts
-        console.log(`${info.name.padEnd(9)} full skipped: a full step of this config does not fit the 4 GiB wasm heap (aborts; LoRA's peak is already ~2.6 GiB); BENCH_WASM_FULL=1 tries`);
-        continue;
-      }
-      const params = mode === 'lora' ? enableLora(base, { rank: 4, key: d.key(1) }) : base;
-      const paths = mode === 'lora' ? loraTrainable(params) : selectTrainable(params);
-      let trainable: Trainable = trainableOf(params, paths);
-      let owned = false;
-      const optimizer = adam();
-      let state = optimizer.init(trainable);
-      const times: number[] = [];
-      let peak = 0;
-      let live = 0;
-      for (let i = 0; i <= runs; i++) {
-        const t0 = performance.now();
-        let next: ReturnType<typeof trainStep> | undefined;
-        const prof = await tf.profile(async () => {
-          next = trainStep(params, trainable, state, x, { optimizer, learningRate: 1e-4, tableGrad: mode === 'full' });
-          await next.report.loss.data();
-        });
-        const ms = performance.now() - t0;
-        tf.dispose([next!.report.loss, next!.report.correct, next!.report.weight]);
-        if (owned) d.disposeTree(trainable);
-        disposeState(state);
-        trainable = next!.trainable;
-        state = next!.state;
-        owned = true;
-        peak = Math.max(peak, prof.peakBytes);
-        live = tf.memory().numBytes;
-        if (i > 0) times.push(ms);
-      }
-      const ms = median(times);
-      const trained = paths.reduce((n, p) => n + trainableOf(params, [p])[p].tensor.size, 0);
-      console.log(
-        `${(info.name + (info.threads ? ` x${info.threads}` : '')).padEnd(9)} ${mode.padEnd(4)} ${(1000 / ms).toFixed(2)} steps/s (median ${ms.toFixed(0)} ms over ${runs}), ` +
-          `${((batch * text) / (ms / 1000)).toFixed(0)} text tokens/s, ${(trained / 1e6).toFixed(2)}M trained, ` +
-          `peak in step ${(peak / 2 ** 20).toFixed(0)} MiB, live after ${(live / 2 ** 20).toFixed(0)} MiB`,
-      );
-      if (owned) d.disposeTree(trainable);
-      disposeState(state);
-      if (params !== base) {
-        const keep = new Set(d.leaves(base).map(([, t]) => t));
-        for (const [, t] of d.leaves(params)) if (!keep.has(t)) t.dispose();
-      }
+function fastParams(config: PaliGemmaConfig): PaliGemmaParams {
+  let seed = 12345;
+  return buildTree<PaliGemmaParams>(kerasLayout(config), (s) => {
+    const n = s.kerasShape.reduce((a, b) => a * b, 1);
+    const out = new Float32Array(n);
+    const leaf = s.keras.split('/').pop()!;
+    if (leaf === 'bias' || leaf === 'beta' || leaf === 'scale') return out;
+    if (leaf === 'gamma') return out.fill(1);
+    const limit = s.kerasShape.length >= 2 ? Math.sqrt(6 / (s.kerasShape[s.kerasShape.length - 2] + s.kerasShape[s.kerasShape.length - 1])) : 0.05;
+    for (let i = 0; i < n; i++) {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+      out[i] = (seed / 2 ** 31 - 1) * limit;
     }
-    tf.dispose(d.collectTensors(x));
-    d.disposeTree(base);
-  }
+    return out;
+  }, skeleton(config));
+}
+
+/** The 3B-sized model on onnx: prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS. */
+export async function benchBig(decodeSteps: number, threads?: number, layers?: number): Promise<void> {
+  const info = await setBackend('onnx', threads ? { threads } : {});
+  const full = familyConfig('PG1 3B', 224);
+  // --layers N: fewer decoder and ViT layers (a smoke test of the script on a small machine)
+  const config = layers ? { ...full, num_layers: layers, vit_num_layers: layers } : full;
+  const t0 = performance.now();
+  const params = fastParams(config);
+  console.log(`3B-sized model (PaliGemma 3B 224 shapes, ${(parameterCount(config) / 1e9).toFixed(2)}B params, ${(parameterCount(config) * 4 / 2 ** 30).toFixed(1)} GiB float32) built in ${((performance.now() - t0) / 1000).toFixed(1)} s; onnx x${info.threads}`);
+  const images = d.named(tf.randomUniform([1, 224, 224, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const);
+  const g = await generation(params, images, true, 10, decodeSteps, 1);
+  const peak = process.resourceUsage().maxRSS * 1024;
+  console.log(
+    `3B onnx x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s, ${g.prefillCpu.toFixed(1)} CPU s (speed of light here ~3 s), ` +
+      `decode ${(g.msPerToken / 1000).toFixed(3)} s/token, ${g.cpuPerToken.toFixed(3)} CPU s/token over ${decodeSteps - 1} steps (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`,
+  );
+  images.dispose();
+  d.disposeTree(params);
 }
 
 if (require.main === module && !process.env.NO_BENCH_MAIN) {
@@ -273,13 +233,16 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
     const i = process.argv.indexOf(`--${name}`);
     return i >= 0 ? process.argv[i + 1] : fallback;
   };
-  const backends = arg('backends', 'wasm,wasm:2,cpu').split(',');
-  const only = arg('only', 'all');
-  (async () => {
-    if (only !== 'train') await bench(backends, Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('steps', '32')), process.argv.includes('--kernels'));
-    // training on cpu takes minutes per step at this size: left out unless named (--train-backends cpu)
-    if (only !== 'forward') await benchTraining(arg('train-backends', backends.filter((b) => b !== 'cpu').join(',')).split(','), Number(arg('train-runs', '3')), Number(arg('batch', '2')), Number(arg('text', '32')));
-  })().catch((e) => {
+  const run = process.argv.includes('--big')
+    ? benchBig(Number(arg('decode', '8')), process.argv.includes('--threads') ? Number(arg('threads', '0')) : undefined, process.argv.includes('--layers') ? Number(arg('layers', '0')) : undefined)
+    : (async () => {
+        const backends = arg('backends', 'onnx,wasm,wasm:2').split(',');
+        const only = arg('only', 'all');
+        if (only !== 'train') await bench(backends, Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('decode', '32')));
+        // training on cpu takes minutes per step at this size, and onnx trains through src/train/compiled.ts: wasm by default
+        if (only !== 'forward') await benchTraining(BENCH_CONFIG, arg('train-backends', 'wasm').split(','), Number(arg('train-runs', '3')), Number(arg('batch', '2')), Number(arg('text', '32')));
+      })();
+  run.catch((e) => {
     console.error(e);
     process.exit(1);
   });

@@ -59,8 +59,8 @@ export const defineCommand = <const F extends Flags>(c: Command<F>): Command => 
 
 /** Flags that mean the same on every command that has them. */
 export const sharedFlags = {
-  backend: { type: 'string', help: 'where tensors run', default: 'auto', choices: ['auto', 'cpu', 'wasm', 'webgpu'] },
-  threads: { type: 'integer', help: 'wasm threads (default: 1)', min: 1 },
+  backend: { type: 'string', help: 'where tensors run', default: 'auto', choices: ['auto', 'cpu', 'wasm', 'webgpu', 'onnx'] },
+  threads: { type: 'integer', help: 'wasm threads (default: 1); onnx threads (default: one per core)', min: 1 },
   preset: { type: 'string', help: 'a built-in preset name, kaggle://..., hf://org/repo, or a directory', placeholder: 'name|dir' },
   'max-new-tokens': { type: 'integer', help: 'most tokens generated per prompt', default: 64, min: 1 },
 } as const satisfies Flags;

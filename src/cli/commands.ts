@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { defineCommand, sharedFlags, type Command, type Io } from './command';
-import { setBackend, type BackendInfo } from '../runtime/backend';
+import { compiledModels, setBackend, type BackendInfo, type BackendRequest } from '../runtime/backend';
+import { forwardCompiled } from '../generate/compiled';
 import { computeFixture, readManifest, writeComputed } from './fixture';
 import { fromPreset, resolvePreset, shippedPresetDir } from '../runtime/preset';
 import { SHIPPED_PRESETS } from '../../checkpoints/presets';
@@ -35,8 +36,8 @@ export const defaultPresetDir = (): string => shippedPresetDir(SHIPPED_PRESETS[0
 const presetFlag = { ...sharedFlags.preset, default: DEFAULT_PRESET } as const;
 const imageFlag = { type: 'string', help: "the picture (default: the default preset's own, tiny's cat.png)", placeholder: 'png|jpg' } as const;
 
-/** The backend the flags ask for (threads only when given: else PALIGEMMA_WASM_THREADS or 1). */
-const backendOf = (flags: { backend: 'auto' | 'cpu' | 'wasm' | 'webgpu'; threads: number | undefined }): Promise<BackendInfo> =>
+/** The backend the flags ask for (threads, wasm's or onnx's, only when given: else the backend's default). */
+const backendOf = (flags: { backend: BackendRequest; threads: number | undefined }): Promise<BackendInfo> =>
   setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
 
 // ---------------------------------------------------------------------------------------------------------
@@ -102,8 +103,10 @@ export const run = defineCommand({
         padding_mask: d.named(tf.tensor(packed.paddingMask, [1, length], 'int32'), ['batch', 'seq'] as const),
         response_mask: d.named(tf.tensor(packed.responseMask, [1, length], 'int32'), ['batch', 'seq'] as const),
       };
-      const seq = backbone(params, inputs);
-      const out = logits(params, seq);
+      // the onnx backend: one compiled graph (its outputs are freed by this scope like eager ones)
+      const both = compiledModels() ? forwardCompiled(params, inputs) : undefined;
+      const seq = both?.sequence_output ?? backbone(params, inputs);
+      const out = both?.logits ?? logits(params, seq);
       const last = d.slice(out, 'seq', length - 1, 1);
       return { seqShape: seq.shape, logitsShape: out.shape, last: tf.topk(tf.reshape(last.tensor, [-1]), 5) };
     });

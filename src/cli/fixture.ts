@@ -15,6 +15,8 @@ import { readWeightsFiles } from '../../checkpoints/keras';
 import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../../models/config';
 import type { VitParams } from '../../models/siglip';
 import { loadPreset } from '../runtime/preset';
+import { compiledModels } from '../runtime/backend';
+import { forwardCompiled } from '../generate/compiled';
 import { writeFileAtomic } from '../../checkpoints/atomic';
 import { computeTrainFixture, TRAIN_KINDS } from './train_fixture';
 
@@ -108,13 +110,16 @@ export async function computeFixture(dir: string, m: Manifest = readManifest(dir
   const outputs: Computed['outputs'] = new Map();
   const gradients: Computed['gradients'] = new Map();
   try {
-    const seq = backbone(own, inputs, { compat });
+    // the onnx backend: backbone and logits compiled in one graph
+    const both = compiledModels() ? forwardCompiled(own, inputs, compat) : undefined;
+    const seq = both?.sequence_output ?? backbone(own, inputs, { compat });
     if ('sequence_output' in m.outputs) outputs.set('sequence_output', await read(seq));
     if ('logits' in m.outputs) {
-      const l = logits(own, seq);
+      const l = both?.logits ?? logits(own, seq);
       outputs.set('logits', await read(l));
       l.dispose();
     }
+    both?.logits.dispose();
     if ('vit_output' in m.outputs) {
       const v = d.scoped(() => vit(own.vit, { ...own.config }, inputs.images));
       // a pooled ViT output is one token; the manifest stores it as [batch, embed]
@@ -125,7 +130,7 @@ export async function computeFixture(dir: string, m: Manifest = readManifest(dir
     seq.dispose();
     if (m.loss_inputs?.R) {
       const R = d.named(tf.tensor(readBin(dir, m.loss_inputs.R) as Float32Array, m.loss_inputs.R.shape as number[]), ['batch', 'seq', 'embed'] as const);
-      const { value, grads } = lossAndGrads(own, inputs, R, compat);
+      const { value, grads } = (compiledModels() ? lossAndGradsCompiled : lossAndGrads)(own, inputs, R, compat);
       outputs.set('loss', { shape: [1], data: Float32Array.from(await value.data()) });
       const byPath = byKerasPath(grads.params);
       for (const [k, g] of byPath) gradients.set(k, { ...(await read(g)), keras_path: k });
@@ -148,6 +153,11 @@ export function lossAndGrads(p: PaliGemmaParams, inputs: BackboneInputs, R: Name
   );
   return { value, grads };
 }
+
+const lossAndGradsJit = d.jit((p: PaliGemmaParams, inputs: BackboneInputs, R: Named, compat: 'keras_hub' | null) => lossAndGrads(p, inputs, R, compat ?? undefined), { name: 'loss_and_grads' });
+
+/** lossAndGrads compiled (the value-and-gradient graph traced through tfjs' gradients). */
+export const lossAndGradsCompiled = (p: PaliGemmaParams, inputs: BackboneInputs, R: Named, compat?: 'keras_hub') => lossAndGradsJit(p, inputs, R, compat ?? null);
 
 /** Write computed outputs in the fixture format: `<out>/outputs/*.bin`, `<out>/gradients/*.bin`, manifest. */
 export function writeComputed(outDir: string, c: Computed): void {

@@ -54,8 +54,9 @@ import { imageSequenceLength } from '../../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
 import { checkTokenIds, decode, embedInputs, lookup, unembed, type PaliGemmaParams } from '../../models/paligemma';
 import type { PaliGemmaConfig } from '../../models/config';
-import { assertFitsBackend, formatBytes, maxTensorBytes } from '../runtime/backend';
+import { assertFitsBackend, compiledModels, formatBytes, maxTensorBytes } from '../runtime/backend';
 import type { Images } from '../../models/siglip';
+import { decodeStepCompiled, prefillCompiled } from './compiled';
 
 // -------------------------------------------------------------------------------------------------
 // samplers
@@ -210,7 +211,7 @@ export interface StepOutput {
 }
 
 /** Final RMSNorm, tied embedding, final soft cap: hidden [batch, embed] -> logits [batch, vocab]. */
-function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>, transposed?: TransposedEmbedding): Named<readonly ['batch', 'vocab']> {
+export function head(p: PaliGemmaParams, h: Named<readonly ['batch', 'embed']>, transposed?: TransposedEmbedding): Named<readonly ['batch', 'vocab']> {
   return d.scoped(() => {
     const normed = d.rmsNorm(h, p.final_norm.scale, 'embed', p.config.layer_norm_epsilon);
     let out: Named = transposed
@@ -443,6 +444,8 @@ export interface GenerateOptions {
   /** Also return the sampler's candidates and q per step (top-k, top-p). */
   readonly returnChoices?: boolean;
   readonly compat?: 'keras_hub';
+  /** Run prefill and decode steps compiled on onnxruntime (two sessions). Default: the 'onnx' backend is active. */
+  readonly compiled?: boolean;
 }
 
 export interface GenerateOutput {
@@ -538,14 +541,18 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const isActive = (r: number, step: number) => plen[r] + step < length && step < budget;
   const finished: (FinishReason | undefined)[] = plen.map(() => undefined);
 
+  const compiled = options.compiled ?? compiledModels();
   // the transposed head pays for itself after ~12 steps (bench config, wasm: transpose + XNNPACK's packing
-  // ~140 ms of CPU, then ~11 ms saved per step), so only calls that may run 16 steps or more make it
+  // ~140 ms of CPU, then ~11 ms saved per step), so only eager calls that may run 16 steps or more make it
   const mostSteps = Math.max(...plen.map((len) => Math.min(length - len, budget)));
-  const transposed = mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? transposedEmbedding(p) : undefined;
+  const transposed = !compiled && mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? transposedEmbedding(p) : undefined;
   let state: StepOutput | undefined;
   let step = 0;
   try {
-    state = prefill(p, inputs.images, tokens, plen, length, options.compat, transposed);
+    const first: StepOutput = compiled
+      ? prefillCompiled(p, inputs.images, tokens, plen, length, options.compat)
+      : prefill(p, inputs.images, tokens, plen, length, options.compat, transposed);
+    state = first;
     for (;;) {
       const host = (await state.logits.tensor.data()) as Float32Array;
       const vocab = host.length / batch;
@@ -570,7 +577,9 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
       const active = plen.map((_, r) => isActive(r, step));
       const feed = plen.map((len, r) => (active[r] ? tokens[r][len + step - 1] : 0));
       const at = plen.map((len, r) => (active[r] ? n + len + step - 1 : n + length - 1));
-      const next = decodeStep(p, state.cache, feed, at, active, options.compat, transposed);
+      const next: StepOutput = compiled
+        ? decodeStepCompiled(p, state.cache, feed, at, active, options.compat)
+        : decodeStep(p, state.cache, feed, at, active, options.compat, transposed);
       disposeState(state);
       state = next;
     }

@@ -28,14 +28,15 @@ import { BackendWasm, getThreadsCount, setThreadsCount, setWasmPaths } from '@te
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { tf } from '../../dsl/tf';
 import { setWebgpuBindingBytes } from '../../dsl/limits';
+import { onnxAvailable, onnxThreads, setOnnxThreads } from '../../dsl/onnx/runtime';
 
 // ---------------------------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------------------------
 
-export type BackendName = 'cpu' | 'wasm' | 'webgpu';
+export type BackendName = 'cpu' | 'wasm' | 'webgpu' | 'onnx';
 export type BackendRequest = BackendName | 'auto';
-export const backendNames: readonly BackendName[] = ['cpu', 'wasm', 'webgpu'];
+export const backendNames: readonly BackendName[] = ['cpu', 'wasm', 'webgpu', 'onnx'];
 
 /** The WebGPU adapter, as far as we report it. */
 export interface GpuAdapterReport {
@@ -60,7 +61,7 @@ export interface BackendInfo {
   readonly requested: BackendRequest;
   readonly reason: string;
   readonly tfjsVersion: string;
-  /** wasm only: XNNPACK threads and whether the SIMD build runs. */
+  /** wasm: XNNPACK threads and whether the SIMD build runs; onnx: onnxruntime's intra-op threads. */
   readonly threads?: number;
   readonly simd?: boolean;
   /** wasm only: the current size of the heap (it grows, never shrinks; 4 GiB at most). */
@@ -84,8 +85,13 @@ interface GpuLike {
 export type RequestAdapter = () => Promise<GpuAdapterLike | null>;
 
 export interface BackendOptions {
-  /** wasm: XNNPACK threads (1 = tfjs' stock single-threaded build). Default: `PALIGEMMA_WASM_THREADS` or 1. */
+  /**
+   * wasm: XNNPACK threads (1 = tfjs' stock single-threaded build). Default: `PALIGEMMA_WASM_THREADS` or 1.
+   * onnx: onnxruntime intra-op threads. Default: one per core.
+   */
   readonly threads?: number;
+  /** auto: whether to consider onnx (default true; it is chosen when onnxruntime-node loads). */
+  readonly onnx?: boolean;
   /** webgpu and auto: how to get an adapter (tests inject a missing one). Default: navigator.gpu / Dawn. */
   readonly requestAdapter?: RequestAdapter;
 }
@@ -439,6 +445,24 @@ async function prepareWebgpu(request?: RequestAdapter): Promise<GpuAdapterReport
 
 let lastChoice: { name: BackendName; requested: BackendRequest; reason: string } | undefined;
 
+// onnx: tensors live on tfjs' cpu backend (plain host arrays: no 4 GiB heap, no copies when fed to
+// onnxruntime) and model calls (src/: forward, generate, fixtures) run compiled through d.jit.
+let onnxActive = false;
+
+/** True when model calls should run compiled on onnxruntime (the 'onnx' backend is active). */
+export function compiledModels(): boolean {
+  return onnxActive && tf.getBackend() === 'cpu';
+}
+
+const ONNX_MISSING = 'onnxruntime-node is not installed (npm install onnxruntime-node)';
+
+async function startOnnx(threads?: number): Promise<void> {
+  if (!onnxAvailable()) throw new Error(`setBackend: the 'onnx' backend needs ${ONNX_MISSING}`);
+  setOnnxThreads(threads);
+  await activate('cpu');
+  onnxActive = true;
+}
+
 async function activate(name: BackendName): Promise<void> {
   const ok = await tf.setBackend(name);
   if (!ok || tf.getBackend() !== name) throw new Error(`setBackend: the '${name}' backend failed to initialise`);
@@ -459,9 +483,15 @@ async function activate(name: BackendName): Promise<void> {
  * moves them on use); changing the wasm thread count disposes the wasm backend and its tensors.
  */
 export async function setBackend(name: BackendRequest, options: BackendOptions = {}): Promise<BackendInfo> {
+  onnxActive = false;
   if (name === 'auto') return setAuto(options);
   if (!backendNames.includes(name)) {
     throw new Error(`setBackend: unknown backend '${name}'; expected one of auto, ${backendNames.join(', ')}`);
+  }
+  if (name === 'onnx') {
+    await startOnnx(options.threads);
+    lastChoice = { name, requested: name, reason: 'requested' };
+    return backendInfo();
   }
   let note = '';
   if (name === 'wasm') note = await startWasm(options.threads ?? defaultWasmThreads());
@@ -510,6 +540,12 @@ async function setAuto(options: BackendOptions): Promise<BackendInfo> {
   } catch (e) {
     why = `WebGPU is unavailable (${(e as Error).message})`;
   }
+  if (options.onnx !== false && onnxAvailable()) {
+    await startOnnx(options.threads);
+    lastChoice = { name: 'onnx', requested: 'auto', reason: `${why}: onnx, models compiled onto onnxruntime-node, params in host memory` };
+    return backendInfo();
+  }
+  if (options.onnx !== false) why += `, and ${ONNX_MISSING}`;
   try {
     const note = await startWasm(options.threads ?? defaultWasmThreads());
     lastChoice = { name: 'wasm', requested: 'auto', reason: `${why}: wasm${note}` };
@@ -522,7 +558,7 @@ async function setAuto(options: BackendOptions): Promise<BackendInfo> {
 
 /** The current backend: name, why it was chosen, threads and SIMD (wasm), adapter (webgpu), tfjs version. */
 export function backendInfo(): BackendInfo {
-  const name = tf.getBackend() as BackendName;
+  const name = (compiledModels() ? 'onnx' : tf.getBackend()) as BackendName;
   const choice = lastChoice?.name === name ? lastChoice : { requested: name, reason: 'set outside setBackend' };
   const base = { name, requested: choice.requested, reason: choice.reason, tfjsVersion: tf.version_core };
   if (name === 'wasm') {
@@ -534,6 +570,7 @@ export function backendInfo(): BackendInfo {
     };
   }
   if (name === 'webgpu') return webgpuAdapter ? { ...base, adapter: webgpuAdapter } : base;
+  if (name === 'onnx') return { ...base, threads: onnxThreads() };
   return base;
 }
 

@@ -15,7 +15,7 @@
  * 257152 tokens), at most 64 MiB per such tensor: ~360 MiB of peak for the loss on top of the activations.
  * The tied embedding's gradient (V x E, as large as the table) is computed only when it is differentiated.
  */
-import { tf } from '../../dsl/tf';
+import { tf, readsSync } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Key, Named } from '../../dsl';
 import { backbone, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
@@ -39,7 +39,7 @@ export interface LossOptions {
   /**
    * A host copy of `sample_weight` (row-major [B, L]), to choose the weighted positions without reading the
    * device. Without it, cpu and wasm read the tensor synchronously; on webgpu, where Node has no synchronous
-   * read, every position is unembedded (the same values; zero-weight positions cost compute only).
+   * read, and in a traced graph (d.jit), every position is unembedded (the same values; zero-weight positions cost compute only).
    */
   readonly weights?: ArrayLike<number>;
 }
@@ -50,7 +50,8 @@ export const defaultLossChunk = (vocabularySize: number): number => Math.max(1, 
 /** The flat indices (b * L + t) of the positions with a non-zero weight, or every index when unreadable. */
 function weightedPositions(w: tf.Tensor, host?: ArrayLike<number>): number[] {
   let values: ArrayLike<number> | undefined = host;
-  if (values === undefined && tf.getBackend() !== 'webgpu') values = w.dataSync() as Float32Array;
+  // only cpu and wasm read synchronously (webgpu in Node cannot; a traced graph has no values yet)
+  if (values === undefined && readsSync()) values = w.dataSync() as Float32Array;
   if (values === undefined) return Array.from({ length: w.size }, (_, i) => i);
   if (values.length !== w.size) throw new Error(`causalLmLoss: options.weights has ${values.length} values, sample_weight has ${w.size}`);
   const out: number[] = [];

@@ -1,0 +1,155 @@
+/**
+ * Compiled generation: `prefill` and `decodeStep` (generate.ts) as two d.jit sessions, so a whole
+ * `generate` runs two onnxruntime sessions (one prefill graph per prompt width, one decode-step graph).
+ *
+ * The eager functions take host arrays and build their masks, gather rows and RoPE tables on the host.
+ * Under jit those would be baked into the graph as constants of the first call, so here every per-call host
+ * value is built on the host by the wrapper and passed in as a tensor: token ids, the padding mask, the
+ * rows holding each prompt's last position, cache positions (RoPE angles then computed in the graph,
+ * float32 as keras_hub; ONNX's float32 sin/cos are within an ulp of the host's), the visibility masks and
+ * the cache write mask. Only shapes and static options (buffer length, compat) select a graph.
+ */
+import { tf } from '../../dsl/tf';
+import * as d from '../../dsl';
+import type { Named } from '../../dsl';
+import { imageSequenceLength } from '../../models/config';
+import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
+import { backbone, decode, embedInputs, logits, lookup, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
+import type { Images } from '../../models/siglip';
+import { head, type LayerCache, type StepOutput } from './generate';
+
+type Rows2 = Named<readonly ['batch', 'seq']>;
+
+interface PrefillTensors {
+  readonly images: Images;
+  readonly tokenIds: Rows2;
+  readonly paddingMask: Rows2;
+  /** int32 [batch]: b * (N + width) + N + P_b - 1, each row's last prompt position in the flat sequence. */
+  readonly lastRows: Named<readonly ['batch']>;
+}
+
+/** The pure prefill: tensors in, logits and the zero-padded cache out. */
+function prefillPure(p: PaliGemmaParams, x: PrefillTensors, length: number, compat: 'keras_hub' | null): StepOutput {
+  const batch = x.tokenIds.size('batch');
+  const width = x.tokenIds.size('seq');
+  const n = imageSequenceLength(p.config);
+  const responseMask = d.named(tf.zeros([batch, width], 'int32'), ['batch', 'seq'] as const);
+  const h0 = embedInputs(p, { images: x.images, token_ids: x.tokenIds, padding_mask: x.paddingMask, response_mask: responseMask });
+  const { x: h, cache } = decode(p, h0, x.paddingMask, responseMask, { compat: compat ?? undefined });
+  const flat = tf.reshape(h.tensor, [batch * (n + width), h.size('embed')]);
+  const last = d.named(tf.gather(flat, x.lastRows.tensor), ['batch', 'embed'] as const);
+  const grow = (kv: KV) => d.pad(kv, 'key_seq', 0, length - width) as KV;
+  return { logits: head(p, last), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
+}
+
+interface StepTensors {
+  readonly tokenIds: Rows2;
+  /** int32 [batch, seq = 1]: each row's cache position. */
+  readonly positions: Rows2;
+  /** bool [batch, seq = 1, key_seq]: keys visible to the new token (full and sliding-window layers). */
+  readonly full: Named<readonly ['batch', 'seq', 'key_seq']>;
+  readonly sliding: Named<readonly ['batch', 'seq', 'key_seq']>;
+  /** bool [batch, key_seq]: where each active row writes its new K/V. */
+  readonly writeMask: Named<readonly ['batch', 'key_seq']>;
+}
+
+/** The pure decode step (the layer loop of generate.ts `decodeStep` with tensor positions). */
+function decodeStepPure(p: PaliGemmaParams, cache: readonly LayerCache[], x: StepTensors, compat: 'keras_hub' | null): StepOutput {
+  const c = p.config;
+  const batch = x.tokenIds.size('batch');
+  // sqrt(D) rounded to float32 first, as embedInputs (keras_hub) does
+  let h = d.scale(lookup(p.token_embedding, x.tokenIds), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
+  const next: LayerCache[] = [];
+  p.layers.forEach((layer, i) => {
+    const mask = isSlidingLayer(c, i) ? x.sliding : x.full;
+    const out = decoderBlock(layer, c, h, { mask, positions: x.positions, cache: { ...cache[i], writeMask: x.writeMask }, compat: compat ?? undefined });
+    h = out.x;
+    next.push({ key: out.key, value: out.value });
+  });
+  const last = d.named(tf.reshape(h.tensor, [batch, h.size('embed')]), ['batch', 'embed'] as const);
+  return { logits: head(p, last), cache: next };
+}
+
+/** The backbone's sequence_output and the causal LM's logits in one graph. */
+function forwardPure(p: PaliGemmaParams, x: BackboneInputs, compat: 'keras_hub' | null) {
+  const sequence_output = backbone(p, x, { compat: compat ?? undefined });
+  return { sequence_output, logits: logits(p, sequence_output) };
+}
+
+const forwardJit = d.jit(forwardPure, { name: 'forward' });
+
+/** sequence_output [batch, N + T, embed] and logits [batch, T, vocab], compiled (one session per input shape). */
+export const forwardCompiled = (p: PaliGemmaParams, x: BackboneInputs, compat?: 'keras_hub') => forwardJit(p, x, compat ?? null);
+
+const prefillJit = d.jit(prefillPure, { name: 'prefill' });
+const decodeJit = d.jit(decodeStepPure, { name: 'decode_step' });
+
+/** The sessions behind compiled generation (traces, stats), e.g. to check that decode traced once. */
+export const compiledGeneration = { forward: forwardJit, prefill: prefillJit, decodeStep: decodeJit };
+
+const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
+  tf.tensor2d(Int32Array.from({ length: rows.length * width }, (_, i) => rows[Math.floor(i / width)][i % width] ?? 0), [rows.length, width], 'int32');
+
+/** generate.ts `prefill`, compiled: same arguments, same result. */
+export function prefillCompiled(
+  p: PaliGemmaParams,
+  images: Images,
+  tokenIds: readonly ArrayLike<number>[],
+  promptLengths: readonly number[],
+  length: number,
+  compat?: 'keras_hub',
+): StepOutput {
+  const n = imageSequenceLength(p.config);
+  const batch = promptLengths.length;
+  const width = Math.max(...promptLengths);
+  const mask = new Int32Array(batch * width).map((_, i) => (i % width < promptLengths[Math.floor(i / width)] ? 1 : 0));
+  const x: PrefillTensors = {
+    images,
+    tokenIds: d.named(int32Rows(tokenIds, width), ['batch', 'seq'] as const),
+    paddingMask: d.named(tf.tensor2d(mask, [batch, width], 'int32'), ['batch', 'seq'] as const),
+    lastRows: d.named(tf.tensor1d(Int32Array.from(promptLengths, (len, b) => b * (n + width) + n + len - 1), 'int32'), ['batch'] as const),
+  };
+  try {
+    return prefillJit(p, x, length, compat ?? null);
+  } finally {
+    tf.dispose([x.tokenIds.tensor, x.paddingMask.tensor, x.lastRows.tensor]);
+  }
+}
+
+/** generate.ts `decodeStep`, compiled: same arguments, same result. */
+export function decodeStepCompiled(
+  p: PaliGemmaParams,
+  cache: readonly LayerCache[],
+  tokenIds: readonly number[],
+  cachePositions: readonly number[],
+  active: readonly boolean[],
+  compat?: 'keras_hub',
+): StepOutput {
+  const c = p.config;
+  const batch = tokenIds.length;
+  const length = cache[0].key.size('key_seq');
+  const visible = (window?: number) => {
+    const m = new Uint8Array(batch * length);
+    for (let b = 0; b < batch; b++) {
+      const pos = cachePositions[b];
+      const from = window === undefined ? 0 : Math.max(0, pos - (window - 1));
+      for (let j = from; j <= pos && j < length; j++) m[b * length + j] = 1;
+    }
+    return d.named(tf.tensor3d(m, [batch, 1, length], 'bool'), ['batch', 'seq', 'key_seq'] as const);
+  };
+  const write = new Uint8Array(batch * length);
+  for (let b = 0; b < batch; b++) if (active[b]) write[b * length + cachePositions[b]] = 1;
+  const full = visible();
+  const x: StepTensors = {
+    tokenIds: d.named(tf.tensor2d(Int32Array.from(tokenIds), [batch, 1], 'int32'), ['batch', 'seq'] as const),
+    positions: d.named(tf.tensor2d(Int32Array.from(cachePositions), [batch, 1], 'int32'), ['batch', 'seq'] as const),
+    full,
+    sliding: c.use_sliding_window_attention ? visible(c.sliding_window_size) : full,
+    writeMask: d.named(tf.tensor2d(write, [batch, length], 'bool'), ['batch', 'key_seq'] as const),
+  };
+  try {
+    return decodeJit(p, cache, x, compat ?? null);
+  } finally {
+    tf.dispose([...new Set(d.collectTensors(x))]);
+  }
+}
