@@ -17,6 +17,8 @@ import {
 } from '../runtime/backend';
 import { tf } from '../../dsl/tf';
 import { modelCommands } from './commands';
+import { makeShapesCommand } from './shapes_command';
+import { legacyCommand } from './legacy';
 
 export interface Io {
   out(line: string): void;
@@ -149,7 +151,7 @@ const info: Command = {
 // The table and main
 // ---------------------------------------------------------------------------------------------------------
 
-export const commands: Command[] = [info, ...modelCommands];
+export const commands: Command[] = [info, ...modelCommands, legacyCommand(makeShapesCommand)];
 
 export function usage(): string {
   const width = Math.max(...commands.map((c) => c.usage.length));
