@@ -148,6 +148,38 @@ export const PRESETS: readonly PresetInfo[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
+// Presets shipped in the package (trained or made by this project, not keras_hub's)
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface ShippedPreset {
+  readonly name: string;
+  /** The preset directory, relative to the package's root. */
+  readonly dir: string;
+  /** A picture shipped with it, relative to its directory: the CLI's default image. */
+  readonly image: string;
+  readonly description: string;
+}
+
+export const SHIPPED_PRESETS: readonly ShippedPreset[] = [
+  {
+    name: 'paligemma_shapes',
+    dir: 'checkpoints/shapes',
+    image: 'shapes.png',
+    description:
+      'A small PaliGemma-2-shaped model trained by this project (scripts/train-shapes.mjs) on pictures of coloured shapes: ' +
+      "'caption en', 'answer en how many shapes?', 'detect <circle|square|triangle>'. The CLI's default.",
+  },
+  {
+    name: 'paligemma_tiny',
+    dir: 'checkpoints/tiny',
+    image: 'cat.png',
+    description: 'A tiny PaliGemma-2-shaped keras_hub preset with random weights (the golden fixtures\' model): for tests, its text is random.',
+  },
+];
+
+export const findShippedPreset = (name: string): ShippedPreset | undefined => SHIPPED_PRESETS.find((p) => p.name === name);
+
+// ---------------------------------------------------------------------------------------------------------------
 // Lookup
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -155,6 +187,9 @@ const BY_NAME = new Map<string, PresetInfo>(PRESETS.flatMap((p) => [p.name, ...p
 
 /** Every accepted name: the presets' names, then their aliases. */
 export const presetNames = (): string[] => [...PRESETS.map((p) => p.name), ...PRESETS.flatMap((p) => p.aliases)];
+
+/** keras_hub's names and the shipped presets' names, for suggestions. */
+const suggestableNames = (): string[] => [...presetNames(), ...SHIPPED_PRESETS.map((p) => p.name)];
 
 /** The preset with this name or alias. */
 export const findPreset = (name: string): PresetInfo | undefined => BY_NAME.get(name);
@@ -190,7 +225,7 @@ function similarity(a: string, b: string): number {
 
 /** The `n` accepted names most like `name` (shared character pairs; ties in table order). */
 export function closestPresetNames(name: string, n = 3): string[] {
-  return presetNames()
+  return suggestableNames()
     .map((candidate, i) => ({ candidate, i, s: similarity(name, candidate) }))
     .sort((a, b) => b.s - a.s || a.i - b.i)
     .slice(0, n)

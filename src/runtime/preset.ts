@@ -46,7 +46,7 @@ import { readNpz, type NpzArrays } from '../../checkpoints/npz';
 import { hasSafetensors } from '../../checkpoints/safetensors';
 import type { PaliGemmaConfig } from '../../models/config';
 import type { PaliGemmaParams } from '../../models/paligemma';
-import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, type PresetInfo } from '../../checkpoints/presets';
+import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, findShippedPreset, type PresetInfo, type ShippedPreset } from '../../checkpoints/presets';
 import { assertFitsBackend } from './backend';
 import { tf } from '../../dsl/tf';
 
@@ -213,6 +213,31 @@ const hfHowTo = (repo: string, revision: string | null) =>
   `  then use the same cache here (HF_HUB_CACHE or HF_HOME), or pass the snapshot directory.`;
 
 /**
+ * The root of the installed package: the nearest folder above this bundle (dist/, dist/spec/...) whose
+ * package.json names paligemma-ts; else the working directory (a checkout run with tsx).
+ */
+export function packageRoot(): string {
+  for (let dir = __dirname, i = 0; i < 6; i++, dir = path.dirname(dir)) {
+    const pkg = path.join(dir, 'package.json');
+    if (fs.existsSync(pkg)) {
+      try {
+        if ((JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: unknown }).name === 'paligemma-ts') return dir;
+      } catch {
+        // not ours: keep looking
+      }
+    }
+  }
+  return process.cwd();
+}
+
+/** The directory of a preset shipped in the package (`paligemma_shapes`), or an error naming where it looked. */
+export function shippedPresetDir(p: ShippedPreset): string {
+  const dir = path.join(packageRoot(), p.dir);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new Error(`fromPreset("${p.name}"): the shipped preset is missing: no ${path.join(dir, 'config.json')}`);
+  return dir;
+}
+
+/**
  * Where a preset's files are. Throws for an unknown name (with the closest names), a malformed handle or
  * a local path that does not exist; a known preset that is not on disk gives `dir: null` and the paths tried.
  */
@@ -226,6 +251,9 @@ export function resolvePreset(preset: string): ResolvedPreset {
     tried,
     howToGet,
   });
+
+  const shipped = findShippedPreset(preset);
+  if (shipped !== undefined) return found(shippedPresetDir(shipped), undefined, '');
 
   const builtin = findPreset(preset);
   if (builtin !== undefined) {
