@@ -6,7 +6,8 @@
  * Every step takes a fresh batch of pictures (data seed, pictures step * batch .. + batch - 1), so no picture
  * is seen twice; init from keras_hub's initializers with our PRNG (init seed); AdamW with linear warm-up
  * then cosine decay to a tenth. The preset is written every `--save-every` steps and at the end, with the
- * run's settings and loss curve in train_log.json.
+ * run's settings and loss curve in train_log.json. `--stop-at N` stops after N steps keeping the schedule of
+ * `--steps` (the checkpoint a longer run saves at step N).
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { tf } from '../../dsl/tf';
@@ -35,9 +36,11 @@ export interface ShapesRun {
   readonly workers: number;
   /** Stop planning past this wall time: after 10 steps, `steps` is cut to what fits (0: no limit). */
   readonly minutes: number;
+  /** Stop after this many steps, keeping the schedule of `steps` (0: run them all). */
+  readonly stopAt: number;
 }
 
-const DEFAULTS: ShapesRun = { steps: 1400, batch: 40, learningRate: 2e-3, warmup: 100, weightDecay: 0.01, dataSeed: 1, initSeed: 0, out: 'checkpoints/shapes', saveEvery: 100, threads: 1, workers: 1, minutes: 0 };
+const DEFAULTS: ShapesRun = { steps: 1400, batch: 40, learningRate: 2e-3, warmup: 100, weightDecay: 0.01, dataSeed: 1, initSeed: 0, out: 'checkpoints/shapes', saveEvery: 100, threads: 1, workers: 1, minutes: 0, stopAt: 0 };
 
 /** Linear warm-up to the peak, then cosine decay to a tenth of it at the last step. */
 export function shapesSchedule(run: Pick<ShapesRun, 'steps' | 'learningRate' | 'warmup'>): (step: number) => number {
@@ -141,7 +144,8 @@ export async function trainShapes(run: ShapesRun, log: (line: string) => void = 
   };
   const pool = run.workers > 1 ? startWorkers(run) : undefined;
   let steps = run.steps;
-  for (let step = 0; step < steps; step++) {
+  const last = (): number => (run.stopAt > 0 ? Math.min(run.stopAt, steps) : steps);
+  for (let step = 0; step < last(); step++) {
     const c = { learningRate: schedule(step), weightDecay: run.weightDecay };
     let loss: number;
     let out: { params: PaliGemmaParams; state: AdamWState };
@@ -182,10 +186,10 @@ export async function trainShapes(run: ShapesRun, log: (line: string) => void = 
       sum = 0;
       n = 0;
     }
-    if ((step + 1) % run.saveEvery === 0 && step + 1 < steps) await save(step + 1);
+    if ((step + 1) % run.saveEvery === 0 && step + 1 < last()) await save(step + 1);
   }
   pool?.close();
-  await save(steps);
+  await save(last());
   d.disposeTree(params);
   d.disposeTree(state.m);
   d.disposeTree(state.v);
