@@ -14,6 +14,7 @@ import { writeModelProto } from '../../src/text/spm_write';
 import { RGB, caption, detect, edgeToBin, makeScene, renderScene, sceneTasks, SHAPE_KINDS, shapesRng, type Scene } from '../../src/train/shapes';
 import { shapesVocabulary, shapesVocabularyBytes } from '../../src/train/shapes_vocab';
 import { shapesBatch, trainingTask } from '../../src/train/shapes_model';
+import { detectionMatches, iou } from '../../src/train/shapes_eval';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { tempDir } from '../helpers/files';
@@ -177,4 +178,16 @@ test('make-shapes writes PNGs and a JSONL that read back as the scenes and their
   const missing = capture();
   t.is(await main(['make-shapes'], missing), 1);
   t.deepEqual(missing.errors, ['paligemma make-shapes: missing --out <dir>']);
+});
+
+test('iou and detectionMatches: analytic boxes, labels, counts and order', (t) => {
+  t.is(iou({ yMin: 0, xMin: 0, yMax: 2, xMax: 2 }, { yMin: 1, xMin: 1, yMax: 3, xMax: 3 }), 1 / 7);
+  t.is(iou({ yMin: 0, xMin: 0, yMax: 1, xMax: 1 }, { yMin: 2, xMin: 2, yMax: 3, xMax: 3 }), 0);
+  const want = '<loc0000><loc0000><loc0512><loc0512> circle ; <loc0512><loc0512><loc1023><loc1023> circle';
+  // first box shifted by 1/16 of its side (IoU 0.78), second exact
+  t.true(detectionMatches('<loc0032><loc0032><loc0544><loc0544> circle ; <loc0512><loc0512><loc1023><loc1023> circle', want));
+  t.false(detectionMatches('<loc0512><loc0512><loc1023><loc1023> circle ; <loc0000><loc0000><loc0512><loc0512> circle', want), 'order');
+  t.false(detectionMatches('<loc0000><loc0000><loc0512><loc0512> circle', want), 'count');
+  t.false(detectionMatches('<loc0000><loc0000><loc0512><loc0512> square ; <loc0512><loc0512><loc1023><loc1023> circle', want), 'label');
+  t.false(detectionMatches('<loc0000><loc0000><loc0200><loc0200> circle ; <loc0512><loc0512><loc1023><loc1023> circle', want), 'IoU 0.15');
 });

@@ -9,12 +9,30 @@ import { setBackend } from '../runtime/backend';
 import { generateText, loadCausalLM, type CausalLM } from '../generate/causal_lm';
 import { greedy } from '../generate/generate';
 import * as d from '../../dsl';
+import { parseDetections, type Box } from '../preprocess/outputs';
 import { CAPTION_PREFIX, COUNT_PREFIX, makeScene, renderScene, sceneTasks, taskOf, type TaskRecord } from './shapes';
 import { SHAPES_SEQUENCE_LENGTH } from './shapes_model';
 
 export interface TaskScore {
   readonly correct: number;
   readonly total: number;
+  /** detect only: answers with the right number of boxes, each (in order) of IoU >= 0.5 with the truth. */
+  readonly iou50?: number;
+}
+
+const area = (b: Box): number => Math.max(0, b.yMax - b.yMin) * Math.max(0, b.xMax - b.xMin);
+/** Intersection over union of two boxes (0 when both are empty). */
+export function iou(a: Box, b: Box): number {
+  const inter = area({ yMin: Math.max(a.yMin, b.yMin), xMin: Math.max(a.xMin, b.xMin), yMax: Math.min(a.yMax, b.yMax), xMax: Math.min(a.xMax, b.xMax) });
+  const union = area(a) + area(b) - inter;
+  return union > 0 ? inter / union : 0;
+}
+
+/** Whether a detection answer finds the expected boxes (same count and labels, each IoU >= 0.5, in order). */
+export function detectionMatches(answer: string, expected: string): boolean {
+  const got = parseDetections(answer);
+  const want = parseDetections(expected);
+  return got.length === want.length && got.every((g, i) => g.label === want[i].label && iou(g.box, want[i].box) >= 0.5);
 }
 
 export interface ShapesEval {
@@ -36,7 +54,7 @@ export async function evaluateShapes(lm: CausalLM, seed: number, count: number, 
     .flat()
     // a batch decodes until its longest answer ends: batch the short answers (counts) together
     .sort((a, b) => FAMILY_ORDER.indexOf(taskOf(a.task.prefix)) - FAMILY_ORDER.indexOf(taskOf(b.task.prefix)) || a.index - b.index);
-  const tasks: Record<string, { correct: number; total: number }> = {};
+  const tasks: Record<string, { correct: number; total: number; iou50?: number }> = {};
   const mistakes: (TaskRecord & { index: number; answer: string })[] = [];
   for (let start = 0; start < rows.length; start += batch) {
     const chunk = rows.slice(start, start + batch);
@@ -50,6 +68,7 @@ export async function evaluateShapes(lm: CausalLM, seed: number, count: number, 
       const score = (tasks[family] ??= { correct: 0, total: 0 });
       score.total++;
       if (out.texts[i] === r.task.suffix) score.correct++;
+      if (family === 'detect') score.iou50 = (score.iou50 ?? 0) + (detectionMatches(out.texts[i], r.task.suffix) ? 1 : 0);
       else if (mistakes.length < 20) mistakes.push({ ...r.task, index: r.index, answer: out.texts[i] });
     });
   }
