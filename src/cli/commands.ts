@@ -10,7 +10,8 @@ import type { Command, Io } from './cli';
 import { backendFlag, flag } from './cli';
 import { setBackend } from '../runtime/backend';
 import { computeFixture, readManifest, writeComputed } from './fixture';
-import { fromPreset } from '../runtime/preset';
+import { fromPreset, resolvePreset, shippedPresetDir } from '../runtime/preset';
+import { findShippedPreset } from '../../checkpoints/presets';
 import { loadTokenizer } from '../text/tokenizer';
 import { convertImage, readImage } from '../preprocess/image';
 import { parseDetections } from '../preprocess/outputs';
@@ -19,13 +20,16 @@ import { generateText, loadCausalLM } from '../generate/causal_lm';
 import { packGeneration } from '../preprocess/packing';
 import { backbone, imageSequenceLength, logits } from '../../models/paligemma';
 
-/** The preset shipped in the package (checkpoints/tiny), found from the installed package's root. */
+/** The default preset: `paligemma_shapes`, the trained model shipped in the package (checkpoints/shapes). */
+export const DEFAULT_PRESET = 'paligemma_shapes';
+
+/** The default preset's directory, found from the installed package's root. */
 export function defaultPresetDir(): string {
-  const candidates = [path.resolve(__dirname, '..', 'checkpoints', 'tiny'), path.resolve('checkpoints', 'tiny')];
-  const found = candidates.find((c) => fs.existsSync(path.join(c, 'config.json')));
-  if (!found) throw new Error(`the shipped tiny preset is missing; looked in ${candidates.join(', ')}`);
-  return found;
+  return shippedPresetDir(findShippedPreset(DEFAULT_PRESET)!);
 }
+
+/** The picture shipped with the default preset (checkpoints/shapes/shapes.png). */
+export const defaultImage = (): string => path.join(defaultPresetDir(), findShippedPreset(DEFAULT_PRESET)!.image);
 
 const positional = (args: readonly string[]): string[] => {
   const out: string[] = [];
@@ -63,12 +67,12 @@ export const run: Command = {
   async run(args, io) {
     const presetArg = flag(args, 'preset');
     const presetDir = presetArg ?? defaultPresetDir();
-    const imagePath = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
+    const imagePath = flag(args, 'image') ?? defaultImage();
     const prompt = flag(args, 'prompt') ?? 'caption en\n';
     const info = await setBackend(backendFlag(args));
     const t0 = performance.now();
     const params = fromPreset(presetDir);
-    const tokenizer = loadTokenizer(fs.existsSync(presetDir) ? presetDir : presetDir);
+    const tokenizer = loadTokenizer(resolvePreset(presetDir).dir ?? presetDir);
     const c = params.config;
     const loaded = performance.now();
     const ids = tokenizer.encode(prompt);
@@ -128,7 +132,7 @@ export const generateCommand: Command = {
   summary: 'image + prompt -> text (PaliGemmaCausalLM.generate), with a tokens/s figure; detection answers are parsed into boxes',
   async run(args, io) {
     const preset = flag(args, 'preset') ?? defaultPresetDir();
-    const image = flag(args, 'image') ?? path.join(defaultPresetDir(), 'cat.png');
+    const image = flag(args, 'image') ?? defaultImage();
     const raw = flag(args, 'prompt');
     if (raw === undefined) throw new Error('missing --prompt, e.g. --prompt "caption en"');
     // PaliGemma's prompts end with a newline (big_vision and Hugging Face add it too)

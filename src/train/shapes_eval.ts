@@ -67,8 +67,8 @@ export async function evaluateShapes(lm: CausalLM, seed: number, count: number, 
       const family = taskOf(r.task.prefix);
       const score = (tasks[family] ??= { correct: 0, total: 0 });
       score.total++;
-      if (out.texts[i] === r.task.suffix) score.correct++;
       if (family === 'detect') score.iou50 = (score.iou50 ?? 0) + (detectionMatches(out.texts[i], r.task.suffix) ? 1 : 0);
+      if (out.texts[i] === r.task.suffix) score.correct++;
       else if (mistakes.length < 20) mistakes.push({ ...r.task, index: r.index, answer: out.texts[i] });
     });
   }
