@@ -148,6 +148,11 @@ export const PRESETS: readonly PresetInfo[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
+// Presets shipped in the package (trained or made by this project, not keras_hub's)
+// ---------------------------------------------------------------------------------------------------------------
+
+
+// ---------------------------------------------------------------------------------------------------------------
 // Lookup
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -155,6 +160,9 @@ const BY_NAME = new Map<string, PresetInfo>(PRESETS.flatMap((p) => [p.name, ...p
 
 /** Every accepted name: the presets' names, then their aliases. */
 export const presetNames = (): string[] => [...PRESETS.map((p) => p.name), ...PRESETS.flatMap((p) => p.aliases)];
+
+/** keras_hub's names and the shipped presets' names, for suggestions. */
+const suggestableNames = (): string[] => [...presetNames(), ...SHIPPED_PRESETS.flatMap((p) => [p.name, ...p.aliases])];
 
 /** The preset with this name or alias. */
 export const findPreset = (name: string): PresetInfo | undefined => BY_NAME.get(name);
@@ -190,7 +198,7 @@ function similarity(a: string, b: string): number {
 
 /** The `n` accepted names most like `name` (shared character pairs; ties in table order). */
 export function closestPresetNames(name: string, n = 3): string[] {
-  return presetNames()
+  return suggestableNames()
     .map((candidate, i) => ({ candidate, i, s: similarity(name, candidate) }))
     .sort((a, b) => b.s - a.s || a.i - b.i)
     .slice(0, n)
@@ -219,6 +227,15 @@ export interface ShippedPreset {
  * names do (pass `./tiny` for the directory).
  */
 export const SHIPPED_PRESETS: readonly ShippedPreset[] = [
+  {
+    name: 'paligemma_shapes',
+    aliases: ['shapes'],
+    dir: 'checkpoints/shapes',
+    image: 'shapes.png',
+    description:
+      'A small PaliGemma-2-shaped model trained by this project (scripts/train-shapes.mjs) on pictures of coloured shapes: ' +
+      "'caption en', 'answer en how many shapes?', 'detect <circle|square|triangle>'. The CLI's default.",
+  },
   {
     name: 'tiny',
     aliases: ['paligemma_tiny'],

@@ -73,7 +73,9 @@ test.serial('run: the README main job on the shipped preset', async (t) => {
   const io = capture();
   t.is(await main(['run', '--backend', 'wasm'], io), 0);
   const text = io.lines.join('\n');
-  t.regex(text, /sequence_output: \[1, 22, 32\]  logits: \[1, 6, 2352\]/);
+  // paligemma_shapes: 16 image tokens + <bos> caption ▁en \n
+  t.regex(text, /preset: .*checkpoints\/shapes \(3 decoder layers, 16 image tokens, vocabulary 1466\)/);
+  t.regex(text, /sequence_output: \[1, 20, 128\]  logits: \[1, 4, 1466\]/);
   t.regex(text, /top tokens after the prompt:\n\s+\d+\s+"/);
   t.regex(text, /backend: wasm; load [\d.]+ s, forward [\d.]+ s/);
 });
@@ -81,9 +83,10 @@ test.serial('run: the README main job on the shipped preset', async (t) => {
 test.serial('generate: text, a tokens/s figure, and literal errors', async (t) => {
   const io = capture();
   t.is(await main(['generate', '--prompt', 'caption en', '--max-length', '24', '--backend', 'wasm'], io), 0);
-  t.is(io.lines.length, 1);
-  t.regex(io.errors.join('\n'), /loading tiny: 100%/);
-  t.regex(io.errors[io.errors.length - 1], /^18 tokens in [\d.]+ s: [\d.]+ tokens\/s \(wasm, prefill included\)$/);
+  // the shipped model's caption of its shipped picture (checkpoints/shapes/shapes.png): right
+  t.deepEqual(io.lines, ['a yellow circle and a red circle']);
+  t.regex(io.errors.join('\n'), /loading paligemma_shapes: 100%/);
+  t.regex(io.errors[io.errors.length - 1], /^8 tokens in [\d.]+ s: [\d.]+ tokens\/s \(wasm, prefill included\)$/);
   const three = capture();
   t.is(await main(['generate', '--preset', 'tiny', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], three), 0);
   t.regex(three.errors[three.errors.length - 1], /^3 tokens in [\d.]+ s: /);
@@ -91,7 +94,7 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
   // streamed: where the output takes partial lines, the pieces arrive one by one and add up to the answer
   const chunks: string[] = [];
   const streamed = { ...capture(), write: (s: string) => chunks.push(s) };
-  t.is(await main(['generate', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], streamed), 0);
+  t.is(await main(['generate', '--preset', 'tiny', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], streamed), 0);
   t.deepEqual(streamed.lines, []);
   t.is(chunks.length, 4, chunks.join('|'));
   t.is(chunks[3], '\n');

@@ -14,6 +14,7 @@ import { closestName, commandHelp, flagTable, parseCommandLine, table, UsageErro
 import { modelCommands } from './commands';
 import { presetsCommand } from './presets';
 import { trainCommands } from './train_commands';
+import { makeShapesCommand } from './shapes_command';
 
 export { consoleIo, type Command, type Io };
 
@@ -97,7 +98,7 @@ const info = defineCommand({
 // The table, help and main
 // ---------------------------------------------------------------------------------------------------------
 
-export const commands: Command[] = [info, presetsCommand, ...modelCommands, ...trainCommands];
+export const commands: Command[] = [info, presetsCommand, ...modelCommands, ...trainCommands, makeShapesCommand];
 
 /** `paligemma --help`: the commands, the flags they share, every command's flags, examples. */
 export function usage(): string {

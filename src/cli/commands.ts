@@ -24,7 +24,7 @@ import { backbone, checkTokenIds, imageSequenceLength, logits } from '../../mode
 /** The default preset: the first shipped one (checkpoints/presets.ts, SHIPPED_PRESETS). */
 export const DEFAULT_PRESET = SHIPPED_PRESETS[0].name;
 
-/** The picture used when --image is not given: the default preset's own (tiny: cat.png). */
+/** The picture used when --image is not given: the default preset's own (paligemma_shapes: shapes.png). */
 export function defaultImage(): string {
   const p = SHIPPED_PRESETS[0];
   return path.join(shippedPresetDir(p), p.image);
@@ -34,7 +34,7 @@ export function defaultImage(): string {
 export const defaultPresetDir = (): string => shippedPresetDir(SHIPPED_PRESETS[0]);
 
 const presetFlag = { ...sharedFlags.preset, default: DEFAULT_PRESET } as const;
-const imageFlag = { type: 'string', help: "the picture (default: the default preset's own, tiny's cat.png)", placeholder: 'png|jpg' } as const;
+const imageFlag = { type: 'string', help: "the picture (default: the default preset's own picture)", placeholder: 'png|jpg' } as const;
 
 /** The backend the flags ask for (threads, wasm's or onnx's, only when given: else the backend's default). */
 const backendOf = (flags: { backend: BackendRequest; threads: number | undefined }): Promise<BackendInfo> =>
@@ -72,7 +72,7 @@ export const runFixture = defineCommand({
 export const run = defineCommand({
   name: 'run',
   summary: 'one forward pass: image + prompt -> logits; prints the output shape, top tokens of the last position, backend and time',
-  example: 'paligemma run --preset tiny --prompt "caption en" --backend wasm',
+  example: 'paligemma run --preset paligemma_shapes --prompt "answer en how many shapes?" --backend wasm',
   flags: {
     preset: presetFlag,
     image: imageFlag,
@@ -142,7 +142,7 @@ function samplerOf(flags: SamplerFlags): Sampler {
 export const generateCommand = defineCommand({
   name: 'generate',
   summary: 'image + prompt -> text (PaliGemmaCausalLM.generate), with a tokens/s figure; detection answers are parsed into boxes',
-  example: 'paligemma generate --preset tiny --image cat.png --prompt "caption en" --max-new-tokens 16',
+  example: 'paligemma generate --preset paligemma_shapes --image shapes.png --prompt "caption en" --max-new-tokens 16',
   flags: {
     preset: presetFlag,
     image: imageFlag,

@@ -1,0 +1,29 @@
+// Builds src/train/shapes_train.ts into dist/train-shapes.js (the same esbuild settings as scripts/build.mjs:
+// tfjs' ESM builds bundled so that gradients are registered) and runs it with this script's arguments:
+//
+//   node scripts/train-shapes.mjs --steps 3000 --batch 32 --learning-rate 2e-3 --out checkpoints/shapes
+//
+// The shipped checkpoints/shapes was made by the command in its README.md (settings and loss curve in its
+// train_log.json). Training is not part of the tests.
+import * as esbuild from 'esbuild';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const [entry, name] = process.argv[2] === '--eval' ? ['src/train/shapes_eval.ts', 'eval-shapes'] : ['src/train/shapes_train.ts', 'train-shapes'];
+const args = process.argv.slice(process.argv[2] === '--eval' ? 3 : 2);
+await esbuild.build({
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  mainFields: ['module', 'main'],
+  external: ['webgpu'],
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  define: { 'process.env.NODE_ENV': '"production"' },
+  entryPoints: { [name]: join(root, entry) },
+  outdir: join(root, 'dist'),
+});
+const r = spawnSync(process.execPath, ['--enable-source-maps', join(root, 'dist', `${name}.js`), ...args], { stdio: 'inherit' });
+process.exit(r.status ?? 1);
