@@ -34,3 +34,6 @@ if (cpuBackend != null) cpuBackend.firstUse = false;
  * cannot, and a traced graph (d.jit) has no values yet; callers take their tensor-only path there.
  */
 export const readsSync = (): boolean => tf.getBackend() === 'cpu' || tf.getBackend() === 'wasm';
+
+/** Whether this is Node (not a browser): Node-only facts (the machine's memory, cores) are asked only there. */
+export const inNode = typeof process !== 'undefined' && process.versions?.node != null;

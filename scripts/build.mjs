@@ -12,7 +12,8 @@
 //   dist/index.mjs    ESM: the same module's exports, named (Node's "ES module wrapper" for dual packages: a
 //                     second, ESM bundle would hold a second TensorFlow.js, and tensors of one engine are
 //                     foreign to the other)
-//   dist/testing.js   CommonJS: `paligemma-ts/testing`, a view of the kit bundled inside dist/index.js
+//   dist/testing.js   CommonJS: `paligemma-ts/testing`, the kit (src/testing), which reaches the library only
+//                     through require('./index.js') (one TensorFlow.js) and needs fast-check (an optional peer)
 //   dist/testing.mjs  ESM: the same, named
 //   dist/browser.mjs  ESM for browsers: `paligemma-ts/browser` (src/browser.ts), minified, Node's modules
 //                     replaced by stubs that throw (see nodeOnly below)
@@ -45,14 +46,15 @@ const common = {
   define: { 'process.env.NODE_ENV': '"production"' },
 };
 
-// The library entry: the public API, and the testing kit under one key that the views below pick up (a
-// separately bundled kit would carry its own TensorFlow.js).
-const TESTING_KEY = '__paligemmaTesting';
-const libraryEntry = {
-  contents: `export * from './src/index';\nexport * as ${TESTING_KEY} from './src/testing/index';\n`,
-  resolveDir: root,
-  sourcefile: 'package-entry.ts',
-  loader: 'ts',
+// The testing kit imports the library as '../index' (src/index.ts): in its own bundle that is the built
+// library, so the kit and the user's code share one TensorFlow.js; fast-check is the user's own.
+const kitOnLibrary = {
+  name: 'kit-on-library',
+  setup(build) {
+    build.onResolve({ filter: /^\.\.\/index$/ }, (args) =>
+      args.importer === join(root, 'src', 'testing', 'index.ts') ? { path: './index.js', external: true } : undefined,
+    );
+  },
 };
 
 // The browser build: Node's built-in modules (and pngjs, the native webgpu addon) resolve to stubs whose
@@ -106,7 +108,15 @@ const specs =
     ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f === join('spec', 'helpers', 'setup.ts'))
     : [];
 await Promise.all([
-  esbuild.build({ ...common, stdin: libraryEntry, outfile: join(root, 'dist/index.js'), sourcemap: false }),
+  esbuild.build({ ...common, entryPoints: [join(root, 'src/index.ts')], outfile: join(root, 'dist/index.js'), sourcemap: false }),
+  esbuild.build({
+    ...common,
+    entryPoints: [join(root, 'src/testing/index.ts')],
+    outfile: join(root, 'dist/testing.js'),
+    sourcemap: false,
+    external: [...common.external, 'fast-check'],
+    plugins: [kitOnLibrary],
+  }),
   browserBuild(),
   existsSync(join(root, 'src/cli/bench.ts')) &&
     esbuild.build({ ...common, entryPoints: { bench: join(root, 'src/cli/bench.ts') }, outdir: join(root, 'dist') }),
@@ -120,22 +130,21 @@ await Promise.all([
 ]);
 for (const stale of ['dist/index.js.map']) rmSync(join(root, stale), { force: true });
 
-// The views: dist/testing.js, and the ESM wrappers listing the CommonJS exports by name (asked of the built
-// bundle in a child process: loading it here would start TensorFlow.js in the build).
+// The ESM views, listing the CommonJS exports by name (asked of the built bundles in a child process: loading
+// them here would start TensorFlow.js in the build).
 const [names, testingNames] = JSON.parse(
   execFileSync(
     process.execPath,
-    ['-p', `const m = require(${JSON.stringify(join(root, 'dist/index.js'))}); JSON.stringify([Object.keys(m), Object.keys(m.${TESTING_KEY})])`],
+    ['-p', `JSON.stringify([${JSON.stringify(join(root, 'dist/index.js'))}, ${JSON.stringify(join(root, 'dist/testing.js'))}].map((f) => Object.keys(require(f))))`],
     { encoding: 'utf8' },
   ),
 );
-const esmView = (keys, of = 'm') =>
-  `// ESM view of dist/index.js (scripts/build.mjs): one module, one TensorFlow.js.\n` +
-  `import m from './index.js';\n` +
-  `export const { ${keys.join(', ')} } = ${of};\n`;
-writeFileSync(join(root, 'dist/testing.js'), `'use strict';\n// paligemma-ts/testing: the kit inside dist/index.js (scripts/build.mjs).\nmodule.exports = require('./index.js').${TESTING_KEY};\n`);
-writeFileSync(join(root, 'dist/index.mjs'), esmView(names.filter((n) => n !== TESTING_KEY)));
-writeFileSync(join(root, 'dist/testing.mjs'), esmView(testingNames, `m.${TESTING_KEY}`));
+const esmView = (keys, file) =>
+  `// ESM view of dist/${file} (scripts/build.mjs): one module, one TensorFlow.js.\n` +
+  `import m from './${file}';\n` +
+  `export const { ${keys.join(', ')} } = m;\n`;
+writeFileSync(join(root, 'dist/index.mjs'), esmView(names, 'index.js'));
+writeFileSync(join(root, 'dist/testing.mjs'), esmView(testingNames, 'testing.js'));
 if (!process.argv.includes('--no-types')) {
   // the project's own TypeScript: node_modules/.bin/tsc may be tslab's bundled 5.0 (a devDependency for the notebook)
   execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });

@@ -151,7 +151,7 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
   const { outputs, stdout } = executed;
 
   // (a) the package, its backend, one TensorFlow.js with every backend this machine has
-  t.regex(stdout, /^TensorFlow\.js 4\.\d+\.\d+, backend (cpu|wasm|webgpu): /m);
+  t.regex(stdout, /^TensorFlow\.js 4\.\d+\.\d+, backend (cpu|wasm|webgpu|onnx): /m);
   t.regex(stdout, /^setBackend: unknown backend 'gpu'/m);
   const expected = ['cpu', 'wasm', ...(webgpuAvailable() ? ['webgpu'] : [])];
   t.regex(stdout, new RegExp(`^registered with pg\\.tf: ${expected.join(', ')}$`, 'm'));
@@ -180,7 +180,7 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
 
   // (d) generation, (e) detections
   t.regex(stdout, /^text: "caption en\\n.*"$/m);
-  t.regex(stdout, /^\d+ tokens in \d+\.\d+ s: \d+\.\d tokens\/s on (cpu|wasm|webgpu)$/m);
+  t.regex(stdout, /^\d+ tokens in \d+\.\d+ s: \d+\.\d tokens\/s on (cpu|wasm|webgpu|onnx)$/m);
   t.true(stdout.includes('cat: locs 100,200,900,800 -> y 6.3..56.3, x 12.5..50.0 of 64x64'));
   t.true(stdout.includes('ball: locs 512,0,1023,300 -> y 32.0..63.9, x 0.0..18.8 of 64x64'));
   t.regex(stdout, /^streamed (\d+) tokens, finish: (stop|length); the pieces add up: true$/m);
@@ -197,7 +197,7 @@ test('the fine-tuning notebook trains the shipped model, plots the loss and free
   const executed = await execute(t, notebooks[1]);
   if (executed === undefined) return;
   const { outputs, stdout } = executed;
-  t.regex(stdout, /^backend (cpu|wasm|webgpu)$/m);
+  t.regex(stdout, /^backend (cpu|wasm|webgpu|onnx)$/m);
   t.true(stdout.includes('107,168 parameters\n'));
   t.true(stdout.includes('answer en what colour? -> red\ncaption en -> a green square\n'));
   const before = /^before: loss (\d+\.\d+), exact match (\d)\/6$/m.exec(stdout);

@@ -17,6 +17,7 @@ import { setBackend } from '../src/runtime/backend';
 import { generateText, loadCausalLM } from '../src/generate/causal_lm';
 import { webgpuMissingMessage } from '../src/runtime/backend';
 import * as d from '../dsl';
+import { SHIPPED_PRESETS } from '../checkpoints/presets';
 
 const root = join(__dirname, '..', '..');
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
@@ -53,7 +54,7 @@ interface PackEntry {
 const CODE_UNPACKED_BUDGET = 4 * 2 ** 20;
 const PACKED_BUDGET = 2 * 2 ** 20;
 
-test('npm pack holds the bundle, its views, the types, bin, LICENSE and the tiny preset, within the budget', (t) => {
+test('npm pack holds the bundle, its views, the types, bin, LICENSE and the shipped presets, within the budget', (t) => {
   const [entry] = JSON.parse(sh('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], root)) as PackEntry[];
   const paths = entry.files.map((f) => f.path).sort();
   const preset = entry.files.filter((f) => f.path.startsWith('checkpoints/'));
@@ -67,7 +68,7 @@ test('npm pack holds the bundle, its views, the types, bin, LICENSE and the tiny
   // nothing users do not need
   t.deepEqual(paths.filter((p) => /\.map$|(^|\/)spec\/|bench|\.ts$(?<!\.d\.ts)|^src\/|^scripts\/|^\.ci\//.test(p)), []);
   t.deepEqual([...new Set(paths.map((p) => p.split('/')[0]))].sort(), ['LICENSE', 'README.md', 'bin', 'checkpoints', 'dist', 'package.json']);
-  t.deepEqual([...new Set(preset.map((f) => f.path.split('/')[1]))], ['tiny']);
+  t.deepEqual([...new Set(preset.map((f) => f.path.split('/')[1]))].sort(), ['shapes', 'tiny']);
   t.true(readFileSync(join(root, 'LICENSE'), 'utf8').includes('Apache License\n                           Version 2.0, January 2004'));
   // everything the exports map and bin name is in it
   const targets = Object.values(pkg.exports).flatMap((v) => (typeof v === 'string' ? [v] : Object.values(v)));
@@ -75,13 +76,13 @@ test('npm pack holds the bundle, its views, the types, bin, LICENSE and the tiny
 });
 
 const esmScript = `
-import { tf, setBackend, loadCausalLM, generateText, backendInfo } from 'paligemma-ts';
+import { tf, setBackend, loadCausalLM, generateText, backendInfo, SHIPPED_PRESETS } from 'paligemma-ts';
 import { defaultPresetDir, memoryNeutral } from 'paligemma-ts/testing';
 import * as cjsView from 'paligemma-ts';
 await setBackend('wasm');
 const lm = loadCausalLM(defaultPresetDir());
 const { result } = await memoryNeutral(() =>
-  generateText(lm, { images: [defaultPresetDir() + '/cat.png'], prompts: ['caption en\\n'] }, { maxLength: 24, stripPrompt: true }),
+  generateText(lm, { images: [defaultPresetDir() + '/' + SHIPPED_PRESETS[0].image], prompts: ['caption en\\n'] }, { maxLength: 24, stripPrompt: true }),
 );
 let webgpu;
 try { await setBackend('webgpu'); webgpu = 'started'; } catch (e) { webgpu = e.message; }
@@ -92,13 +93,13 @@ console.log(JSON.stringify({
 `;
 
 const cjsScript = `
-const { tf, setBackend, loadCausalLM, generateText, backendInfo } = require('paligemma-ts');
+const { tf, setBackend, loadCausalLM, generateText, backendInfo, SHIPPED_PRESETS } = require('paligemma-ts');
 const { defaultPresetDir, memoryNeutral } = require('paligemma-ts/testing');
 (async () => {
   await setBackend('wasm');
   const lm = loadCausalLM(defaultPresetDir());
   const { result } = await memoryNeutral(() =>
-    generateText(lm, { images: [defaultPresetDir() + '/cat.png'], prompts: ['caption en\\n'] }, { maxLength: 24, stripPrompt: true }),
+    generateText(lm, { images: [defaultPresetDir() + '/' + SHIPPED_PRESETS[0].image], prompts: ['caption en\\n'] }, { maxLength: 24, stripPrompt: true }),
   );
   let webgpu;
   try { await setBackend('webgpu'); webgpu = 'started'; } catch (e) { webgpu = e.message; }
@@ -148,15 +149,17 @@ test('the tarball installs into scratch ESM and CommonJS projects, which generat
   writeFileSync(join(app, 'main.js'), esmScript);
   writeFileSync(join(app, 'cjs', 'main.js'), cjsScript);
   started = Date.now();
-  sh('npm', ['install', tarball, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], app);
+  // fast-check: the testing kit's optional peer, which a user of the kit has
+  sh('npm', ['install', tarball, 'fast-check', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], app);
   t.log(`npm install (prefer-offline): ${((Date.now() - started) / 1000).toFixed(1)} s`);
   t.false(existsSync(join(app, 'node_modules', 'webgpu')), 'webgpu is an optional peer: not installed');
   t.false(existsSync(join(app, 'node_modules', 'paligemma-ts', 'dist', 'spec')));
 
   // The answer here, from the sources, on the same backend
   await setBackend('wasm');
-  const lm = loadCausalLM(join(root, 'checkpoints', 'tiny'));
-  const here = await generateText(lm, { images: [join(root, 'checkpoints', 'tiny', 'cat.png')], prompts: ['caption en\n'] }, { maxLength: 24, stripPrompt: true });
+  const shipped = SHIPPED_PRESETS[0];
+  const lm = loadCausalLM(join(root, shipped.dir));
+  const here = await generateText(lm, { images: [join(root, shipped.dir, shipped.image)], prompts: ['caption en\n'] }, { maxLength: 24, stripPrompt: true });
   d.disposeTree(lm.params);
 
   // A Vulkan ICD manifest is named, so the webgpu backend gets as far as loading the (absent) webgpu package.
@@ -171,7 +174,7 @@ test('the tarball installs into scratch ESM and CommonJS projects, which generat
     t.true(String(out.resolved).endsWith(`node_modules/paligemma-ts/dist/${entry}`), `${kind}: ${out.resolved}`);
     t.true(String(out.testing).endsWith(`dist/testing.${kind === 'esm' ? 'mjs' : 'js'}`), kind);
     if (kind === 'esm') t.true(String(out.browser).endsWith('node_modules/paligemma-ts/dist/browser.mjs'), String(out.browser));
-    t.is(out.preset, join(installed, 'checkpoints', 'tiny'), kind);
+    t.is(out.preset, join(installed, shipped.dir), kind);
     t.is(out.webgpu, webgpuMissingMessage, kind);
     t.true(Number(out.names) > 100, `${kind}: ${out.names} exports`);
   }

@@ -74,7 +74,7 @@ test.serial('run: the README main job on the shipped preset', async (t) => {
   t.is(await main(['run', '--backend', 'wasm'], io), 0);
   const text = io.lines.join('\n');
   // paligemma_shapes: 16 image tokens + <bos> caption ▁en \n
-  t.regex(text, /preset: .*checkpoints\/shapes \(3 decoder layers, 16 image tokens, vocabulary 1466\)/);
+  t.regex(text, /preset: paligemma_shapes \(3 decoder layers, 16 image tokens, vocabulary 1466\)/);
   t.regex(text, /sequence_output: \[1, 20, 128\]  logits: \[1, 4, 1466\]/);
   t.regex(text, /top tokens after the prompt:\n\s+\d+\s+"/);
   t.regex(text, /backend: wasm; load [\d.]+ s, forward [\d.]+ s/);

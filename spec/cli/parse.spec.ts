@@ -110,11 +110,11 @@ test('--version and --help', async (t) => {
     text.includes(
       [
         'flags shared by commands (the same meaning wherever they appear):',
-        '  flag                              type                            default  what',
-        '  --backend <auto|cpu|wasm|webgpu>  one of auto, cpu, wasm, webgpu  auto     where tensors run',
-        '  --threads <integer>               integer >= 1                    -        wasm threads (default: 1)',
-        '  --preset <name|dir>               string                          -        a built-in preset name, kaggle://..., hf://org/repo, or a directory',
-        '  --max-new-tokens <integer>        integer >= 1                    64       most tokens generated per prompt',
+        '  flag                                   type                                  default  what',
+        '  --backend <auto|cpu|wasm|webgpu|onnx>  one of auto, cpu, wasm, webgpu, onnx  auto     where tensors run',
+        '  --threads <integer>                    integer >= 1                          -        wasm threads (default: 1); onnx threads (default: one per core)',
+        '  --preset <name|dir>                    string                                -        a built-in preset name, kaggle://..., hf://org/repo, or a directory',
+        '  --max-new-tokens <integer>             integer >= 1                          64       most tokens generated per prompt',
       ].join('\n'),
     ),
     text,
@@ -129,15 +129,15 @@ test('--version and --help', async (t) => {
   const info = capture();
   t.is(await main(['info', '--help'], info), 0);
   t.deepEqual(info.lines, [
-    'usage: paligemma info [--backend <auto|cpu|wasm|webgpu>] [--threads <integer>]',
+    'usage: paligemma info [--backend <auto|cpu|wasm|webgpu|onnx>] [--threads <integer>]',
     '',
     'versions, the backends this machine offers, the chosen one, and a tiny matMul and gradient',
     '',
     'flags:',
-    '  flag                              type                            default  what',
-    '  --backend <auto|cpu|wasm|webgpu>  one of auto, cpu, wasm, webgpu  auto     where tensors run',
-    '  --threads <integer>               integer >= 1                    -        wasm threads (default: 1)',
-    '  --help                            switch                          off      this text',
+    '  flag                                   type                                  default  what',
+    '  --backend <auto|cpu|wasm|webgpu|onnx>  one of auto, cpu, wasm, webgpu, onnx  auto     where tensors run',
+    '  --threads <integer>                    integer >= 1                          -        wasm threads (default: 1); onnx threads (default: one per core)',
+    '  --help                                 switch                                off      this text',
     '',
     'example:',
     '  paligemma info --backend wasm --threads 2',
@@ -146,7 +146,7 @@ test('--version and --help', async (t) => {
   const fixture = capture();
   t.is(await main(['run-fixture', '-h'], fixture), 0);
   t.deepEqual(fixture.lines.slice(0, 8), [
-    'usage: paligemma run-fixture <fixture-dir> --out <dir> [--backend <auto|cpu|wasm|webgpu>] [--threads <integer>]',
+    'usage: paligemma run-fixture <fixture-dir> --out <dir> [--backend <auto|cpu|wasm|webgpu|onnx>] [--threads <integer>]',
     '',
     "compute every output of a golden fixture's manifest.json from its preset/ and write them as .bin + manifest.json",
     '',
@@ -155,7 +155,7 @@ test('--version and --help', async (t) => {
     '',
     'flags:',
   ]);
-  t.true(fixture.lines.includes('  --out <dir>                       string                          required  where to write the outputs (.bin files and manifest.json)'));
+  t.true(fixture.lines.includes('  --out <dir>                            string                                required  where to write the outputs (.bin files and manifest.json)'));
 
   // every command's help lists every flag of it with its type column and default column
   for (const c of commands) {
@@ -220,9 +220,10 @@ test.serial('presets: every preset, its size, whether it is here, and what it ne
   const io = capture();
   t.is(await main(['presets'], io), 0);
   const tiny = path.resolve('checkpoints', 'tiny');
-  t.deepEqual(io.lines.slice(0, 10), [
+  t.deepEqual(io.lines.slice(0, 11), [
     'shipped in this package (--preset <name>):',
     '  name                          params   float32    here  needs ~    wasm',
+    '  paligemma_shapes              720.4 K  2.7 MiB    yes   2.9 MiB    yes',
     '  tiny                          107.2 K  418.6 KiB  yes   618.6 KiB  yes',
     '',
     "keras_hub's built-in presets (--preset <name>; nothing is downloaded: fromPreset looks in $PALIGEMMA_PRESETS and the kagglehub cache):",
@@ -235,8 +236,9 @@ test.serial('presets: every preset, its size, whether it is here, and what it ne
   t.true(io.lines.includes('  pali_gemma2_pt_28b_896        27.65 B  103.0 GiB  no    107.1 GiB  no'));
   t.is(io.lines.filter((l) => /^ {2}pali_gemma\S* +\d/.test(l)).length, 22);
   const here = io.lines.indexOf('on this machine:');
-  t.deepEqual(io.lines.slice(here, here + 4), [
+  t.deepEqual(io.lines.slice(here, here + 5), [
     'on this machine:',
+    `  paligemma_shapes: ${path.resolve('checkpoints', 'shapes')}`,
     `  tiny: ${tiny}`,
     `  pali_gemma_3b_224: ${path.join(root, 'pali_gemma_3b_224')}`,
     `  pali_gemma_3b_448: not usable: ${path.join(root, 'pali_gemma_3b_448')}: not a PaliGemma preset: expected config.json ` +

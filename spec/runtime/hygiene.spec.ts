@@ -75,7 +75,7 @@ test("a handler the user installs while wasm loads is kept, and decides the exit
   t.is(r.stdout, '1 true\nmine: boom\n');
 });
 
-test('auto without a Vulkan driver picks wasm without asking Dawn: nothing on stderr, nothing left in TMPDIR', (t) => {
+test('auto without a Vulkan driver picks onnx (installed here) without asking Dawn: nothing on stderr, nothing left in TMPDIR', (t) => {
   const tmp = tempDir(t);
   const r = user(
     `pg.setBackend('auto').then((info) => { pg.tf.tensor([1, 2]).print(); console.log(info.name + ': ' + info.reason); });`,
@@ -83,7 +83,7 @@ test('auto without a Vulkan driver picks wasm without asking Dawn: nothing on st
     noDriver,
   );
   t.is(r.status, 0, r.stderr);
-  t.is(r.stdout, 'Tensor\n    [1, 2]\nwasm: no Vulkan driver, so no WebGPU adapter: wasm\n');
+  t.is(r.stdout, 'Tensor\n    [1, 2]\nonnx: no Vulkan driver, so no WebGPU adapter: onnx, models compiled onto onnxruntime-node, params in host memory\n');
   t.is(r.stderr, ''); // no "vkCreateInstance: Found no drivers!", no XDG_RUNTIME_DIR complaint
   t.deepEqual(readdirSync(tmp), []);
 });

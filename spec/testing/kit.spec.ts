@@ -177,7 +177,7 @@ test('the kit is a plain module: fast-check and the package entry, no test runne
   t.deepEqual(imports, ['fast-check', '../index', '../index']);
 });
 
-test('memoryNeutral returns the result and the counts, and names a leak with both counts', async (t) => {
+test.serial('memoryNeutral returns the result and the counts, and names a leak with both counts', async (t) => {
   const before = tf.memory().numTensors;
   const ok = await memoryNeutral(() => tf.tidy(() => tf.add(tf.scalar(1), tf.scalar(2)).dataSync()[0]));
   t.deepEqual(ok, { result: 3, tensorsBefore: before, tensorsAfter: before });

@@ -169,15 +169,17 @@ test('make-shapes writes PNGs and a JSONL that read back as the scenes and their
     t.deepEqual([png.width, png.height], [32, 32]);
     t.true(rgb.every((v, j) => png.data[Math.floor(j / 3) * 4 + (j % 3)] === v));
   }
+  // usage errors (exit 2) from the strict parser (src/cli/parse.ts)
+  const hint = "run 'paligemma make-shapes --help' for its flags";
   const bad = capture();
-  t.is(await main(['make-shapes', '--out', out, '--count', '0'], bad), 1);
-  t.deepEqual(bad.errors, ['paligemma make-shapes: --count must be at least 1; got 0']);
+  t.is(await main(['make-shapes', '--out', out, '--count', '0'], bad), 2);
+  t.deepEqual(bad.errors, ["paligemma make-shapes: --count must be an integer from 1 to 1000000; got '0'", hint]);
   const unknown = capture();
-  t.is(await main(['make-shapes', '--out', out, '--colour', 'red'], unknown), 1);
-  t.deepEqual(unknown.errors, ['paligemma make-shapes: unknown flag --colour; flags: --out, --count, --seed, --size']);
+  t.is(await main(['make-shapes', '--out', out, '--colour', 'red'], unknown), 2);
+  t.deepEqual(unknown.errors, ['paligemma make-shapes: unknown flag --colour', hint]);
   const missing = capture();
-  t.is(await main(['make-shapes'], missing), 1);
-  t.deepEqual(missing.errors, ['paligemma make-shapes: missing --out <dir>']);
+  t.is(await main(['make-shapes'], missing), 2);
+  t.deepEqual(missing.errors, ['paligemma make-shapes: missing --out <dir>', hint]);
 });
 
 test('iou and detectionMatches: analytic boxes, labels, counts and order', (t) => {

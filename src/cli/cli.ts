@@ -119,7 +119,8 @@ export function usage(): string {
     ...commands.map((c) => `  ${c.example}`),
     '',
     'Exit status: 0 done, 1 the command failed, 2 a usage error. Backends: auto (default) picks webgpu on a',
-    'hardware GPU, else wasm; PALIGEMMA_WASM_THREADS sets the wasm threads when --threads is not given.',
+    'hardware GPU, else onnx (compiled, when onnxruntime-node loads), else wasm; PALIGEMMA_WASM_THREADS sets the',
+    'wasm threads when --threads is not given.',
   ].join('\n');
 }
 

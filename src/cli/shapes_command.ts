@@ -50,13 +50,12 @@ export const makeShapesCommand = defineCommand({
   summary: 'write pictures of coloured shapes (PNG) and a JSONL of {image, prefix, suffix} tasks: caption, count, detect',
   example: 'paligemma make-shapes --out data/shapes --count 100 --seed 0',
   flags: {
-    out: { type: 'string', help: 'the directory to write (created; shapes.jsonl and images/)', placeholder: 'dir' },
+    out: { type: 'string', help: 'the directory to write (created; shapes.jsonl and images/)', placeholder: 'dir', required: true },
     count: { type: 'integer', help: 'how many pictures', default: 100, min: 1, max: 1_000_000 },
     seed: { type: 'integer', help: 'the data seed: picture i of a seed is always the same', default: 0, min: 0, max: 0xffffffff },
     size: { type: 'integer', help: 'picture side in pixels', default: SHAPES_IMAGE_SIZE, min: 13, max: 1024 },
   },
   async run(flags, _positionals, io) {
-    if (flags.out === undefined) throw new Error('missing --out <dir>');
     const records = writeShapesDataset(flags.out, flags.seed, flags.count, flags.size);
     io.out(`wrote ${flags.count} pictures and ${records.length} records to ${path.join(flags.out, 'shapes.jsonl')}`);
     return 0;

@@ -47,7 +47,7 @@
  * Logits are read to the host each step (`await data()`, never dataSync: webgpu in Node has none).
  */
 import * as os from 'node:os';
-import { tf } from '../../dsl/tf';
+import { tf, inNode } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Key, Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
@@ -387,7 +387,7 @@ export function checkGenerationBounds(c: PaliGemmaConfig, batch: number, maxLeng
   const what = `${who}: maxLength ${maxLength} for ${batch} row(s) (KV cache ${formatBytes(bytes.cache)}, prefill attention ${formatBytes(bytes.prefill)})`;
   assertFitsBackend(bytes.total, what);
   // cpu keeps tensors in the JS heap: more than the machine's memory would end in an out-of-memory abort
-  if (tf.getBackend() === 'cpu' && bytes.total > os.totalmem()) {
+  if (inNode && tf.getBackend() === 'cpu' && bytes.total > os.totalmem()) {
     throw new Error(`${what} needs ${formatBytes(bytes.total)} of tensors, more than this machine's ${formatBytes(os.totalmem())} of memory`);
   }
 }
