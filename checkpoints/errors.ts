@@ -43,8 +43,8 @@ function fieldOf(message: string, file: string): string {
 export function asFormatError(e: unknown, file: string): FormatError {
   if (e instanceof FormatError) return e;
   if (e instanceof Error && e.constructor === Error) {
-    const named = e.message.includes(file) ? e.message : `${file}: ${e.message}`;
-    return new FormatError(file, fieldOf(named, file), named, { cause: e });
+    // Our messages name the file they are about (for a merge of shards, the shards): kept as they are.
+    return new FormatError(file, fieldOf(e.message, file), e.message, { cause: e });
   }
   const what = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
   return new FormatError(file, 'internal', `${file}: corrupt or unsupported file (${what})`, { cause: e });

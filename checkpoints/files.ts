@@ -20,9 +20,7 @@ export function openRegularFile(file: string): number {
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0));
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory, not a file' : (e as Error).message;
-    throw new FormatError(file, 'file', `${file}: cannot open: ${why}`, { cause: e });
+    throw new FormatError(file, 'file', `${file}: cannot read: ${(e as Error).message}`, { cause: e });
   }
   const st = fs.fstatSync(fd);
   if (!st.isFile()) {
@@ -58,6 +56,9 @@ export function readRegularFile(file: string, maxBytes: number): Buffer {
     fs.closeSync(fd);
   }
 }
+
+/** A config.json is a few KB; refuse reading more than this. */
+export const MAX_CONFIG_BYTES = 1 << 20;
 
 /** JSON files we read are small: configs, shard maps, tokenizer.json (Gemma's is ~35 MB). */
 export const MAX_JSON_BYTES = 256 * 1024 * 1024;

@@ -24,10 +24,7 @@ import { fillShardedSafetensors, isSafetensorsFile, readSafetensors, writeSafete
 import { writeDirAtomic, writeFileAtomic } from './atomic';
 import { CONFIG_MAXIMA } from './config';
 import { guarded } from './errors';
-import { readJsonFile } from './files';
-
-/** A config.json is a few KB; refuse reading more than this. */
-export const MAX_CONFIG_BYTES = 1 << 20;
+import { MAX_CONFIG_BYTES, readJsonFile } from './files';
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);

@@ -263,7 +263,7 @@ function readShards(indexFile: string): SafetensorsTensors {
   const dir = path.dirname(indexFile);
   const shards = [...new Set(Object.values(weightMap) as string[])].sort();
   for (const shard of shards) {
-    if (!isRegularFile(path.join(dir, shard))) throw new FormatError(indexFile, 'weight_map', `${indexFile}: lists shard ${shard}, which is not a file in ${dir}`);
+    if (!isRegularFile(path.join(dir, shard))) throw new FormatError(indexFile, 'weight_map', `${indexFile}: lists shard ${shard}, which is not in ${dir}`);
   }
   const out = new Map<string, SafetensorsTensor>();
   for (const shard of shards) {
