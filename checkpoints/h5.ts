@@ -934,6 +934,11 @@ function indexFd(file: string, fd: number): H5Index {
   visit(sb.rootAddress, '', []);
 
   if (isTruncated) throw truncated(src, missing);
+  // HDF5 writers end the file at its end-of-file address: bytes past it were inserted or appended (a shift
+  // of everything after an insertion would otherwise load as other values).
+  if (src.size > sb.expectedSize) {
+    throw new FormatError(file, 'superblock', `${file}: superblock: the end-of-file address is ${sb.expectedSize}, but the file has ${src.size} bytes`);
+  }
   checkExtents(src, datasets);
   return { file, size: src.size, superblockVersion: sb.version, datasets, groupAttrs };
 }
