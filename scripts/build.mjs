@@ -33,7 +33,8 @@ const common = {
 };
 
 // dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
-const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts')) : [];
+// *.main.ts under spec/ are scripts run with node (the fuzzer: npm run fuzz), bundled like the specs.
+const specs = existsSync(join(root, 'spec')) ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f.endsWith('.main.ts')) : [];
 await Promise.all([
   esbuild.build({ ...common, entryPoints: { index: join(root, 'src/index.ts') }, outdir: join(root, 'dist') }),
   existsSync(join(root, 'src/cli/bench.ts')) &&

@@ -311,7 +311,8 @@ export function readModelProto(bytes: Uint8Array, source = 'SentencePiece model'
       else if (field === 3) normalizerSpec = subMessage(c, v, 'ModelProto.normalizer_spec', readNormalizerSpec);
       else if (field === 5) denormalizerSpec = subMessage(c, v, 'ModelProto.denormalizer_spec', readNormalizerSpec);
       // Skipping unknown fields (proto's rule) would drop a damaged piece and shift every id after it.
-      else if (field !== 4) throw new WireError(`unknown ModelProto field ${field}`);
+      else if (field === 4) expectWire(v, 'len', 'ModelProto.self_test_data');
+      else throw new WireError(`unknown ModelProto field ${field}`);
     });
     // Every model sentencepiece's trainer writes has both specs; a file without them is cut short (protobuf
     // has no end marker), and proto2 defaults would silently make another tokenizer (UNIGRAM, dummy prefix).
