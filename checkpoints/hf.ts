@@ -20,8 +20,8 @@ import * as path from 'node:path';
 import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeParams, kerasLayout, type WeightMap, type WeightSpec } from './params';
-import { fillShardedSafetensors, isSafetensorsFile, readSafetensors, writeSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
-import { writeDirAtomic, writeFileAtomic } from './atomic';
+import { readSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
+import { writeHfFiles } from './dirwrite';
 import { CONFIG_MAXIMA } from './config';
 import { guarded } from './errors';
 import { MAX_CONFIG_BYTES, readJsonFile } from './files';
@@ -578,19 +578,3 @@ export function writeHfCheckpoint(dir: string, params: PaliGemmaParams, options:
   writeHfFiles(dir, hfConfig, tensors, options.maxShardBytes);
 }
 
-/**
- * A Hugging Face checkpoint's files (config.json, safetensors weights, sharded above `maxShardBytes`), written
- * as a whole (`writeDirAtomic`): a kill at any moment leaves the old checkpoint or the new one. Files in `dir`
- * that are neither weights nor config.json are kept.
- */
-export function writeHfFiles(dir: string, hfConfig: unknown, tensors: readonly (readonly [string, TensorToWrite])[], maxShardBytes?: number): void {
-  writeDirAtomic(
-    dir,
-    (tmp) => {
-      if (maxShardBytes !== undefined) fillShardedSafetensors(tmp, tensors, maxShardBytes);
-      else writeSafetensors(path.join(tmp, 'model.safetensors'), tensors);
-      writeFileAtomic(path.join(tmp, 'config.json'), JSON.stringify(hfConfig, null, 2) + '\n');
-    },
-    { keep: (n) => !isSafetensorsFile(n) && n !== 'config.json' },
-  );
-}

@@ -66,7 +66,7 @@ function weightsOf(presetDir: string, single: string, sharded: string, hasSingle
 
 /** The weights of one or several `.weights.h5` files, merged by path (a path in two files is an error). */
 export function readWeightsFiles(files: readonly string[]): KerasWeights {
-  return mergeIndexes(files.map((f) => indexH5(f)));
+  return guarded(files[0] ?? '', () => mergeIndexes(files.map((f) => indexH5(f))));
 }
 
 /** A sharded preset: every shard the map lists, merged, after checking the map against the shards. */
@@ -91,6 +91,15 @@ function mergeIndexes(indexes: readonly H5Index[]): KerasWeights {
   const layerNames = mergeGroupNames(indexes);
   const out = new Map<string, KerasWeight>();
   for (const index of indexes) {
+    // HDF5 allows one dataset under two names; Keras never writes that, and two weights would load the same bytes.
+    const byOffset = new Map<number, string>();
+    for (const ds of index.datasets.values()) {
+      const other = byOffset.get(ds.offset);
+      if (ds.byteLength > 0 && other !== undefined) {
+        throw new FormatError(ds.file, ds.path, `${ds.file}: dataset "${ds.path}" is the same data as "${other}" (bytes ${ds.offset}..${ds.offset + ds.byteLength}); every weight must have its own`);
+      }
+      if (ds.byteLength > 0) byOffset.set(ds.offset, ds.path);
+    }
     for (const ds of index.datasets.values()) {
       const previous = out.get(ds.path);
       if (previous !== undefined) throw new Error(`dataset "${ds.path}" is in both ${previous.file} and ${ds.file}`);

@@ -125,7 +125,10 @@ export function mutate(seed: Uint8Array, m: Mutation, dataRegions: Target['dataR
     }
     case 'splice': {
       const bytes = Buffer.concat([seed.subarray(0, m.at), Buffer.from(m.insert), seed.subarray(Math.min(seed.length, m.at + m.remove))]);
-      return { bytes, dataOnly: bytes.length === seed.length && m.remove === m.insert.length && inData(m.at, m.at + m.remove) };
+      // same length (a removal clipped at the end can be): in place, so only the bytes that changed count
+      let dataOnly = bytes.length === seed.length;
+      for (let i = 0; dataOnly && i < bytes.length; i++) if (bytes[i] !== seed[i] && !inData(i, i + 1)) dataOnly = false;
+      return { bytes, dataOnly };
     }
   }
 }

@@ -11,9 +11,8 @@ import * as path from 'node:path';
 import { PNG } from 'pngjs';
 import * as jpeg from 'jpeg-js';
 import { formatError } from '../../checkpoints/errors';
-import { openH5 } from '../../checkpoints/h5';
 import { writeH5, type H5WriteDataset } from '../../checkpoints/h5write';
-import { readPresetConfig, readShardedWeights } from '../../checkpoints/keras';
+import { readPresetConfig, readShardedWeights, readWeightsFiles } from '../../checkpoints/keras';
 import { readNpz, writeNpz } from '../../checkpoints/npz';
 import { readSafetensorsFile, writeSafetensors } from '../../checkpoints/safetensors';
 import { readImage } from '../../src/preprocess/image';
@@ -83,22 +82,15 @@ function h5Target(): Target {
   const seed = seedFrom((f) => writeH5(f, H5_DATASETS, { groups: H5_GROUPS }), 'model.weights.h5');
   let keys: string[] | undefined;
   const regions: [number, number][] = [];
+  // Through the Keras weights reader (what loads an untrusted model.weights.h5), which indexes with h5.ts.
   const load = (file: string): Summary => {
-    const h = openH5(file);
-    try {
-      const ds = [...h.datasets.values()];
-      sameKeys(file, ds.map((d) => d.path), keys);
-      if (keys === undefined) {
-        keys = ds.map((d) => d.path);
-        for (const d of ds) regions.push([d.offset, d.offset + d.byteLength]);
-      }
-      return {
-        structure: ds.map((d) => `${d.path}:${d.dtype}[${d.shape.join(',')}]`).join(';'),
-        values: digest(ds.map((d) => h.readBytes(d.path))),
-      };
-    } finally {
-      h.close();
+    const ws = [...readWeightsFiles([file]).values()];
+    sameKeys(file, ws.map((w) => w.path), keys);
+    if (keys === undefined) {
+      keys = ws.map((w) => w.path);
+      for (const w of ws) regions.push([w.offset, w.offset + w.byteLength]);
     }
+    return { structure: ws.map((w) => `${w.path}:${w.dtype}[${w.shape.join(',')}]`).join(';'), values: digest(ws.map((w) => bytesOf(w.read()))) };
   };
   return { name: 'h5', seed, fileName: 'model.weights.h5', dataRegions: regions, load };
 }
