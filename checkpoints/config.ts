@@ -15,6 +15,7 @@
  */
 import * as t from 'io-ts';
 import { isLeft } from 'fp-ts/Either';
+import { FormatError } from './errors';
 import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../models/config';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -359,7 +360,11 @@ export const PaliGemmaBackboneJson: t.Type<PaliGemmaConfig, BackboneJson, unknow
 export function decodeConfig(json: unknown, source = 'config.json'): PaliGemmaConfig {
   const codec = isRecord(json) && 'class_name' in json ? PaliGemmaBackboneJson : PaliGemmaArguments;
   const result = codec.decode(json);
-  if (isLeft(result)) throw new Error(formatErrors(source, result.left).join('\n'));
+  if (isLeft(result)) {
+    const lines = formatErrors(source, result.left);
+    const first = lines[0].slice(source.length + 2);
+    throw new FormatError(source, first.slice(0, Math.max(0, first.indexOf(':'))) || 'config', lines.join('\n'));
+  }
   return result.right;
 }
 

@@ -23,7 +23,7 @@ import { encodeParams, kerasLayout, type WeightMap, type WeightSpec } from './pa
 import { readSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
 import { writeHfFiles } from './dirwrite';
 import { CONFIG_MAXIMA } from './config';
-import { guarded } from './errors';
+import { FormatError, guarded } from './errors';
 import { MAX_CONFIG_BYTES, readJsonFile } from './files';
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
@@ -100,7 +100,7 @@ export const isHfPaliGemmaConfig = (json: unknown): boolean => isRecord(json) &&
  * keras' `dropout` has no HF counterpart: it is 0.
  */
 export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemmaConfig {
-  if (!isRecord(json)) throw new Error(`${source}: expected a JSON object, got ${show(json)}`);
+  if (!isRecord(json)) throw new FormatError(source, 'config', `${source}: expected a JSON object, got ${show(json)}`);
   const f = new Fields(source);
   if (json['model_type'] !== 'paligemma') f.problem('model_type', `expected "paligemma", got ${show(json['model_type'])}`);
   const text = f.object(json, 'text_config');
@@ -202,7 +202,10 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
     dropout: 0,
     dtype: hfDtype(text['torch_dtype'] ?? json['torch_dtype'] ?? json['dtype']),
   };
-  if (f.problems.length > 0) throw new Error([...new Set(f.problems)].join('\n'));
+  if (f.problems.length > 0) {
+    const first = f.problems[0].slice(source.length + 2);
+    throw new FormatError(source, first.slice(0, first.indexOf(':')), [...new Set(f.problems)].join('\n'));
+  }
   return config;
 }
 

@@ -256,7 +256,7 @@ function checkJpegMarkers(bytes: Uint8Array, name: string): void {
   let pos = 2;
   let frame = false;
   for (;;) {
-    if (pos + 4 > bytes.length) throw refuse(name, 'SOS', `is a truncated JPEG (${bytes.length} bytes, no scan)`);
+    if (pos + 2 > bytes.length) throw refuse(name, 'SOS', `is a truncated JPEG (${bytes.length} bytes, no scan)`);
     if (bytes[pos] !== 0xff) throw refuse(name, 'marker', `is a corrupt JPEG: expected a marker at byte ${pos}, got 0x${bytes[pos].toString(16)}`);
     const marker = bytes[pos + 1];
     if (marker === 0xff) {
@@ -268,6 +268,7 @@ function checkJpegMarkers(bytes: Uint8Array, name: string): void {
       continue;
     }
     if (marker === 0xd9) throw refuse(name, 'SOS', 'is a corrupt JPEG: it ends (EOI) before any scan');
+    if (pos + 4 > bytes.length) throw refuse(name, 'SOS', `is a truncated JPEG (${bytes.length} bytes, no scan)`);
     const length = (bytes[pos + 2] << 8) | bytes[pos + 3];
     if (length < 2 || pos + 2 + length > bytes.length) throw refuse(name, 'marker', `is a truncated JPEG (${bytes.length} bytes, ends inside marker 0x${marker.toString(16)})`);
     const sof = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
