@@ -9,8 +9,8 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tempDir } from './helpers/files';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { webgpuAvailable } from './helpers/backends';
@@ -105,8 +105,7 @@ test('the notebook runs headless in the tslab kernel and shows the picture, the 
     return;
   }
 
-  const tmp = mkdtempSync(join(tmpdir(), 'paligemma-notebook-'));
-  t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+  const tmp = tempDir(t, 'paligemma-notebook-');
   mkdirSync(join(tmp, 'kernels', 'tslab'), { recursive: true });
   writeFileSync(
     join(tmp, 'kernels', 'tslab', 'kernel.json'),

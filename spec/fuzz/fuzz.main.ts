@@ -8,12 +8,12 @@
  * and loads happened; the first failures are printed with their mutations.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import fc from 'fast-check';
 import { count, emptyTally, mutationArb, numberCount, prepare, runCase, tallyLine, type CaseResult, type Mutation, type Tally } from './harness';
 import { TARGETS } from './targets';
+import { makeTempDir } from '../helpers/tmp';
 
 interface Job {
   readonly format: string;
@@ -84,7 +84,7 @@ async function main(): Promise<void> {
   const seed = Number(opt('seed', '1'));
   const limitMs = Number(opt('limit-ms', '2000'));
   const formats = opt('formats', Object.keys(TARGETS).join(',')).split(',');
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'paligemma-fuzz-'));
+  const { dir: root, remove } = makeTempDir('paligemma-fuzz-');
   let bad = false;
   try {
     for (const format of formats) {
@@ -97,7 +97,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    fs.rmSync(root, { recursive: true, force: true });
+    remove();
   }
   process.exitCode = bad ? 1 : 0;
 }

@@ -6,7 +6,6 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { PNG } from 'pngjs';
 import * as jpeg from 'jpeg-js';
@@ -18,6 +17,7 @@ import { readSafetensorsFile, writeSafetensors } from '../../checkpoints/safeten
 import { readImage } from '../../src/preprocess/image';
 import { loadTokenizer } from '../../src/text/tokenizer';
 import type { Summary, Target } from './harness';
+import { makeTempDir } from '../helpers/tmp';
 
 const digest = (parts: Iterable<Uint8Array | string>): string => {
   const h = crypto.createHash('sha1');
@@ -47,17 +47,15 @@ function jsonValueRanges(text: string, keysToo = false): [number, number][] {
   return out;
 }
 
-const scratch = (): string => fs.mkdtempSync(path.join(os.tmpdir(), 'paligemma-fuzz-seed-'));
-
 /** Write a seed with one of our writers into a scratch directory and take its bytes. */
 function seedFrom(write: (file: string) => void, name: string): Uint8Array {
-  const dir = scratch();
+  const { dir, remove } = makeTempDir('paligemma-fuzz-seed-');
   try {
     const file = path.join(dir, name);
     write(file);
     return new Uint8Array(fs.readFileSync(file));
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    remove();
   }
 }
 
