@@ -22,8 +22,11 @@ import { HOST_LE, MSG, SIGNATURE, UNDEFINED, joinPath, pad8, showPath } from './
 
 export interface H5WriteDataset {
   readonly shape: readonly number[];
-  /** The values, C order; a function is called once, when the dataset's bytes are written (one at a time). */
-  readonly values: Float32Array | (() => Float32Array);
+  /**
+   * The values, C order; a function is called once, when the dataset's bytes are written (one at a time).
+   * A BigInt64Array writes a signed little-endian int64 dataset (keras' `lora/vars/rank`).
+   */
+  readonly values: Float32Array | BigInt64Array | (() => Float32Array);
   readonly attrs?: Readonly<Record<string, string>>;
 }
 
@@ -53,6 +56,9 @@ const SUPERBLOCK_BYTES = 24 + 4 * W.offsets + ENTRY_BYTES;
 const HEAP_HEADER_BYTES = 8 + 2 * W.lengths + W.offsets;
 const GCOL_MIN_BYTES = 4096; // HDF5 never makes a smaller collection
 const FLOAT32_TYPE = Buffer.from([0x11, 0x20, 0x1f, 0x00, 4, 0, 0, 0, 0, 0, 32, 0, 23, 8, 0, 23, 127, 0, 0, 0]);
+/** Fixed-point v1, little-endian, signed, 8 bytes, offset 0, precision 64 (h5py's `<i8`). */
+const INT64_TYPE = Buffer.from([0x10, 0x08, 0x00, 0x00, 8, 0, 0, 0, 0, 0, 64, 0]);
+const bytesPerElement = (d: { values: unknown }) => (d.values instanceof BigInt64Array ? 8 : 4);
 /** Variable-length UTF-8 string over 1-byte unsigned integers (what h5py writes for `str`). */
 const VLEN_UTF8_TYPE = Buffer.from([0x19, 0x01, 0x01, 0x00, 16, 0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 8, 0]);
 /** Fill value message v2: allocation late, fill if set, default value (as h5py writes it). */
@@ -71,7 +77,7 @@ interface PlannedDataset {
   readonly path: string;
   readonly shape: readonly number[];
   readonly count: number;
-  readonly values: Float32Array | (() => Float32Array);
+  readonly values: Float32Array | BigInt64Array | (() => Float32Array);
   readonly attrs: PlannedAttr[];
   header: number;
   data: number;
@@ -135,7 +141,7 @@ function planFile(file: string, datasets: ReadonlyMap<string, H5WriteDataset>, g
     if (parent.members.has(name)) throw new Error(`writeH5: ${file}: "${path}" is both a dataset and a group`);
     if (!d.shape.every((n) => Number.isSafeInteger(n) && n >= 0)) throw new Error(`writeH5: ${file}: dataset "${path}" has shape [${d.shape.join(', ')}]`);
     const count = d.shape.reduce((a, b) => a * b, 1);
-    if (d.values instanceof Float32Array && d.values.length !== count) {
+    if (typeof d.values !== 'function' && d.values.length !== count) {
       throw new Error(`writeH5: ${file}: dataset "${path}" has shape [${d.shape.join(', ')}] (${count} values) but ${d.values.length} values`);
     }
     if (d.attrs?.['dtype'] !== undefined) {
@@ -188,14 +194,14 @@ function planFile(file: string, datasets: ReadonlyMap<string, H5WriteDataset>, g
       if (m.kind === 'group') place(m);
       else {
         allAttrs.push(...m.attrs);
-        m.header = take(objectHeaderBytes([16 * m.shape.length + 8, 24, 8, 24], m.attrs));
+        m.header = take(objectHeaderBytes([16 * m.shape.length + 8, pad8(m.values instanceof BigInt64Array ? INT64_TYPE.length : FLOAT32_TYPE.length), 8, 24], m.attrs));
       }
     }
   };
   place(root);
   const collections = planCollections(allAttrs, take);
   next = pad8(next);
-  for (const d of planned) d.data = take(4 * d.count);
+  for (const d of planned) d.data = take(bytesPerElement(d) * d.count);
   const metadataEnd = planned.length > 0 ? planned[0].data : next;
 
   const out = new Writer(Buffer.alloc(metadataEnd));
@@ -391,14 +397,14 @@ function writeDatasetHeader(w: Writer, d: PlannedDataset): void {
   });
   const layout = new Writer(Buffer.alloc(18));
   layout.u64(layout.u8(layout.u8(0, 3), 1), d.count === 0 ? UNDEFINED : d.data); // v3, contiguous
-  layout.u64(10, 4 * d.count);
+  layout.u64(10, bytesPerElement(d) * d.count);
   const spaceData = d.shape.length > 0 ? space.buf : space.buf.subarray(0, 8);
   writeObjectHeader(
     w,
     d.header,
     [
       [MSG.dataspace, 0, spaceData],
-      [MSG.datatype, 1, FLOAT32_TYPE],
+      [MSG.datatype, 1, d.values instanceof BigInt64Array ? INT64_TYPE : FLOAT32_TYPE],
       [0x05, 1, FILL_VALUE],
       [MSG.layout, 0, layout.buf],
     ],
@@ -430,7 +436,8 @@ function writeValues(fd: number, file: string, d: PlannedDataset): void {
   if (!HOST_LE) {
     bytes = new Uint8Array(values.byteLength);
     const view = new DataView(bytes.buffer);
-    values.forEach((v, i) => view.setFloat32(4 * i, v, true));
+    if (values instanceof BigInt64Array) values.forEach((v, i) => view.setBigInt64(8 * i, v, true));
+    else values.forEach((v, i) => view.setFloat32(4 * i, v, true));
   }
   writeFully(fd, bytes, d.data);
 }

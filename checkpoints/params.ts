@@ -16,6 +16,7 @@ import * as d from '../dsl';
 import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
 import { maxTensorBytes } from '../dsl/limits';
 import type { PaliGemmaParams } from '../models/paligemma';
+import { loraKernel, type LoraParams } from '../models/lora';
 
 // -------------------------------------------------------------------------------------------------
 // the layout table
@@ -225,11 +226,24 @@ function valueAt(params: unknown, s: WeightSpec): d.Named | readonly d.Named[] {
   throw new Error(`params have no ${s.param} (${s.keras})`);
 }
 
-/** A param in keras' layout (shards concatenated), as a new tensor. */
+/** The LoRA adapter of a kernel, if params have one (checkpoints/lora.ts: beside `<layer>/kernel`, or in `<kernel>_lora`). */
+function adapterOf(params: unknown, s: WeightSpec): Partial<LoraParams> | undefined {
+  if (!s.keras.endsWith('/kernel')) return undefined;
+  const holder = s.param.endsWith('/kernel') ? s.param.slice(0, -'/kernel'.length) : `${s.param}_lora`;
+  const h = holder.split('/').reduce<unknown>((node, k) => (node as Record<string, unknown> | undefined)?.[k], params) as Partial<LoraParams> | undefined;
+  return h?.lora_kernel_a instanceof d.Named ? h : undefined;
+}
+
+/**
+ * A param in keras' layout (shards concatenated), as a new tensor. A kernel with a LoRA adapter is written
+ * merged, kernel + scale * A.B, as keras' save_own_variables does (keras_hub's save_to_preset of a LoRA model).
+ */
 export function inKerasLayout(params: unknown, s: WeightSpec): tf.Tensor {
   const v = valueAt(params, s);
+  const lora = Array.isArray(v) ? undefined : adapterOf(params, s);
   return tf.tidy(() => {
-    const t = Array.isArray(v) ? tf.concat(v.map((x) => d.align(x, s.kerasAxes as never).tensor), 0) : s.squeeze ? (v as d.Named).tensor : d.align(v as d.Named, s.kerasAxes as never).tensor;
+    const one = lora ? loraKernel(v as d.Named, lora) : (v as d.Named);
+    const t = Array.isArray(v) ? tf.concat(v.map((x) => d.align(x, s.kerasAxes as never).tensor), 0) : s.squeeze ? one.tensor : d.align(one, s.kerasAxes as never).tensor;
     return tf.reshape(t, s.kerasShape as number[]);
   });
 }

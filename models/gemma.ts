@@ -15,6 +15,7 @@ import { tf } from '../dsl/tf';
 import * as d from '../dsl';
 import type { Key, Named } from '../dsl';
 import type { PaliGemmaConfig } from './config';
+import { loraKernel, type LoraParams } from './lora';
 
 // -------------------------------------------------------------------------------------------------
 // params. Kernels are stored [in..., out...] (contracted axes first) so that each projection is one 2-D
@@ -32,12 +33,20 @@ export interface DecoderBlockParams {
     readonly key: Named<readonly ['embed', 'kv_heads', 'head_dim']>;
     readonly value: Named<readonly ['embed', 'kv_heads', 'head_dim']>;
     readonly output: Named<readonly ['heads', 'head_dim', 'embed']>;
+    /** LoRA adapters of the kernels (models/lora.ts), where enabled: keras_hub's default is query and value. */
+    readonly query_lora?: LoraParams;
+    readonly key_lora?: LoraParams;
+    readonly value_lora?: LoraParams;
+    readonly output_lora?: LoraParams;
   };
   readonly post_attention_norm?: RmsNormParams;
   readonly pre_ffw_norm: RmsNormParams;
   readonly gating_ffw: Named<readonly ['embed', 'ffw']>;
   readonly gating_ffw_2: Named<readonly ['embed', 'ffw']>;
   readonly ffw_linear: Named<readonly ['ffw', 'embed']>;
+  readonly gating_ffw_lora?: LoraParams;
+  readonly gating_ffw_2_lora?: LoraParams;
+  readonly ffw_linear_lora?: LoraParams;
   readonly post_ffw_norm?: RmsNormParams;
 }
 
@@ -104,10 +113,10 @@ export function attention(
 ): { out: Hidden; key: KV; value: KV } {
   return d.scoped(() => {
     const groups = c.num_query_heads / c.num_key_value_heads;
-    const q0 = d.rope(d.dot(x, p.query, 'embed'), o.positions, 'head_dim'); // [batch, seq, heads, head_dim]
+    const q0 = d.rope(d.dot(x, loraKernel(p.query, p.query_lora), 'embed'), o.positions, 'head_dim'); // [batch, seq, heads, head_dim]
     const q = d.splitAxis(d.scale(q0, queryScale(c, o.compat)), 'heads', ['kv_heads', 'groups'] as const, [c.num_key_value_heads, groups]);
-    const kNew = d.rename(d.rope(d.dot(x, p.key, 'embed'), o.positions, 'head_dim'), 'seq', 'key_seq'); // [batch, key_seq, kv_heads, head_dim]
-    const vNew = d.rename(d.dot(x, p.value, 'embed'), 'seq', 'key_seq');
+    const kNew = d.rename(d.rope(d.dot(x, loraKernel(p.key, p.key_lora), 'embed'), o.positions, 'head_dim'), 'seq', 'key_seq'); // [batch, key_seq, kv_heads, head_dim]
+    const vNew = d.rename(d.dot(x, loraKernel(p.value, p.value_lora), 'embed'), 'seq', 'key_seq');
     const key: KV = o.cache ? withCache(o.cache.key, kNew, o.cache.writeMask) : kNew;
     const value: KV = o.cache ? withCache(o.cache.value, vNew, o.cache.writeMask) : vNew;
     let logits = d.dot(q, key, 'head_dim'); // [batch, seq, kv_heads, groups, key_seq]
@@ -115,7 +124,7 @@ export function attention(
     let probs = d.softmax(logits, 'key_seq', o.mask);
     if (o.dropoutKey) probs = d.dropout(probs, c.dropout, d.foldIn(o.dropoutKey, 0));
     const heads = d.mergeAxes(d.dot(probs, value, 'key_seq'), ['kv_heads', 'groups'] as const, 'heads'); // [batch, seq, heads, head_dim]
-    const out: Hidden = d.dot(heads, p.output, 'heads', 'head_dim'); // [batch, seq, embed]
+    const out: Hidden = d.dot(heads, loraKernel(p.output, p.output_lora), 'heads', 'head_dim'); // [batch, seq, embed]
     return { out, key, value };
   });
 }
@@ -134,9 +143,9 @@ export function decoderBlock(p: DecoderBlockParams, c: PaliGemmaConfig, x: Hidde
     const h: Hidden = d.add(x, a);
     const y = rms(h, p.pre_ffw_norm, eps);
     // the FFN is intermediate_dim / 2 wide: keras_hub's intermediate_dim counts both gates
-    const gate = d.geluTanh(d.dot(y, p.gating_ffw, 'embed')); // [batch, seq, ffw]
-    const up = d.dot(y, p.gating_ffw_2, 'embed');
-    let f: Hidden = d.dot(d.mul(gate, up), p.ffw_linear, 'ffw');
+    const gate = d.geluTanh(d.dot(y, loraKernel(p.gating_ffw, p.gating_ffw_lora), 'embed')); // [batch, seq, ffw]
+    const up = d.dot(y, loraKernel(p.gating_ffw_2, p.gating_ffw_2_lora), 'embed');
+    let f: Hidden = d.dot(d.mul(gate, up), loraKernel(p.ffw_linear, p.ffw_linear_lora), 'ffw');
     if (p.post_ffw_norm) f = rms(f, p.post_ffw_norm, eps);
     return { x: d.add(h, f), key: att.key, value: att.value };
   });

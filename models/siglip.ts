@@ -13,14 +13,21 @@ import * as d from '../dsl';
 import type { Named } from '../dsl';
 import type { Without } from '../dsl/types';
 import type { PaliGemmaConfig } from './config';
+import { loraKernel, type LoraParams } from './lora';
 
 // -------------------------------------------------------------------------------------------------
 // params (leaf names follow keras_hub's variables)
 // -------------------------------------------------------------------------------------------------
 
-export interface Dense<I extends string, O extends string> {
+export interface Dense<I extends string, O extends string> extends Partial<LoraParams> {
   readonly kernel: Named<readonly [I, O]>;
   readonly bias: Named<readonly [O]>;
+}
+
+/** The MAP head's EinsumDense projections (kernel [vit_embed, vit_heads, vit_head_dim]), LoRA where enabled. */
+export interface HeadProjection extends Partial<LoraParams> {
+  readonly kernel: Named<readonly ['vit_embed', 'vit_heads', 'vit_head_dim']>;
+  readonly bias: Named<readonly ['vit_heads', 'vit_head_dim']>;
 }
 
 export interface LayerNormParams<A extends string> {
@@ -42,10 +49,10 @@ export interface VitBlockParams {
 /** SigLIP's multi-head attention pooling head (keras_hub `MultiHeadAttentionPooling`). */
 export interface MapHeadParams {
   readonly probe: Named<readonly ['vit_embed']>;
-  readonly query: { readonly kernel: Named<readonly ['vit_embed', 'vit_heads', 'vit_head_dim']>; readonly bias: Named<readonly ['vit_heads', 'vit_head_dim']> };
-  readonly key: { readonly kernel: Named<readonly ['vit_embed', 'vit_heads', 'vit_head_dim']>; readonly bias: Named<readonly ['vit_heads', 'vit_head_dim']> };
-  readonly value: { readonly kernel: Named<readonly ['vit_embed', 'vit_heads', 'vit_head_dim']>; readonly bias: Named<readonly ['vit_heads', 'vit_head_dim']> };
-  readonly output: { readonly kernel: Named<readonly ['vit_heads', 'vit_head_dim', 'vit_embed']>; readonly bias: Named<readonly ['vit_embed']> };
+  readonly query: HeadProjection;
+  readonly key: HeadProjection;
+  readonly value: HeadProjection;
+  readonly output: { readonly kernel: Named<readonly ['vit_heads', 'vit_head_dim', 'vit_embed']>; readonly bias: Named<readonly ['vit_embed']> } & Partial<LoraParams>;
   readonly layer_norm: LayerNormParams<'vit_embed'>;
   readonly mlp_dense_1: Dense<'vit_embed', 'vit_mlp'>;
   readonly mlp_dense_2: Dense<'vit_mlp', 'vit_embed'>;
@@ -77,10 +84,10 @@ const LN_EPS = 1e-6;
 // layers
 // -------------------------------------------------------------------------------------------------
 
-/** x . kernel + bias, contracting the kernel's input axis. */
+/** x . kernel + bias, contracting the kernel's input axis (kernel + LoRA where the layer has an adapter). */
 function dense<A extends readonly string[], I extends string, O extends string>(x: Named<A>, p: Dense<I, O>): Named<[...Without<A, I>, O]> {
   // the one generic contraction of this file: TypeScript cannot check a contraction over a type parameter
-  const y = d.dot(x as Named, p.kernel as Named, p.kernel.axes[0] as never);
+  const y = d.dot(x as Named, loraKernel(p.kernel, p) as Named, p.kernel.axes[0] as never);
   return d.add(y, p.bias as Named) as unknown as Named<[...Without<A, I>, O]>;
 }
 
@@ -127,12 +134,12 @@ function vitBlock(p: VitBlockParams, x: Tokens, heads: number): Tokens {
 function mapPool(p: MapHeadParams, x: Tokens, heads: number): Named<readonly ['batch', 'vit_embed']> {
   return d.scoped(() => {
     const headDim = p.query.kernel.size('vit_head_dim');
-    const q = d.scale(d.add(d.dot(p.probe, p.query.kernel, 'vit_embed'), p.query.bias), 1 / Math.sqrt(headDim)); // [vit_heads, vit_head_dim]
-    const k = d.add(d.dot(x, p.key.kernel, 'vit_embed'), p.key.bias); // [batch, patches, vit_heads, vit_head_dim]
-    const v = d.add(d.dot(x, p.value.kernel, 'vit_embed'), p.value.bias);
+    const q = d.scale(d.add(d.dot(p.probe, loraKernel(p.query.kernel, p.query), 'vit_embed'), p.query.bias), 1 / Math.sqrt(headDim)); // [vit_heads, vit_head_dim]
+    const k = d.add(d.dot(x, loraKernel(p.key.kernel, p.key), 'vit_embed'), p.key.bias); // [batch, patches, vit_heads, vit_head_dim]
+    const v = d.add(d.dot(x, loraKernel(p.value.kernel, p.value), 'vit_embed'), p.value.bias);
     const probs = d.softmax(d.dot(q, k, 'vit_head_dim'), 'patches'); // [vit_heads, batch, patches]
     const o = d.dot(probs, v, 'patches'); // [vit_heads, batch, vit_head_dim]
-    const pooled = d.add(d.dot(o, p.output.kernel, 'vit_heads', 'vit_head_dim'), p.output.bias); // [batch, vit_embed]
+    const pooled = d.add(d.dot(o, loraKernel(p.output.kernel, p.output), 'vit_heads', 'vit_head_dim'), p.output.bias); // [batch, vit_embed]
     const y = d.layerNorm(pooled, p.layer_norm.gamma, p.layer_norm.beta, 'vit_embed', LN_EPS);
     // keras' Dense(activation="gelu") is the exact erf GELU
     return d.add(pooled, dense(d.geluErf(dense(y, p.mlp_dense_1)), p.mlp_dense_2));

@@ -16,6 +16,7 @@ import { CONFIG_DEFAULTS, type PaliGemmaConfig, type VitPooling } from '../../mo
 import type { VitParams } from '../../models/siglip';
 import { loadPreset } from '../runtime/preset';
 import { writeFileAtomic } from '../../checkpoints/atomic';
+import { computeTrainFixture, TRAIN_KINDS } from './train_fixture';
 
 export type BinDType = 'float32' | 'int32' | 'uint8' | 'float64' | 'uint32';
 export interface BinEntry {
@@ -84,6 +85,12 @@ export function fixtureInputs(dir: string, m: Manifest): BackboneInputs {
 export interface Computed {
   readonly outputs: Map<string, { shape: number[]; data: Float32Array }>;
   readonly gradients: Map<string, { shape: number[]; data: Float32Array; keras_path?: string }>;
+  /** Training fixtures: every variable after the last step, by keras path. */
+  readonly weights_final?: Map<string, { shape: number[]; data: Float32Array; keras_path?: string }>;
+  /** preprocess fixtures: `runs[name][key]`. */
+  readonly runs?: Map<string, Map<string, { shape: number[]; data: Float32Array | Int32Array | Uint8Array; dtype: 'float32' | 'int32' | 'uint8' }>>;
+  /** Files written next to the manifest (e.g. the `.lora.h5` after training), by name. */
+  readonly files?: Map<string, (file: string) => void>;
 }
 
 const read = async (x: Named | tf.Tensor) => {
@@ -94,6 +101,7 @@ const read = async (x: Named | tf.Tensor) => {
 /** Everything the manifest lists, computed from `<dir>/preset` on the current backend. */
 export async function computeFixture(dir: string, m: Manifest = readManifest(dir), params?: PaliGemmaParams): Promise<Computed> {
   if (m.vit_kwargs) return computeStandaloneVit(dir, m);
+  if ((TRAIN_KINDS as readonly unknown[]).includes(m.kind)) return computeTrainFixture(dir, m);
   const own = params ?? loadPreset(path.join(dir, 'preset'));
   const compat = m.options?.compat;
   const inputs = fixtureInputs(dir, m);
@@ -144,7 +152,13 @@ export function lossAndGrads(p: PaliGemmaParams, inputs: BackboneInputs, R: Name
 /** Write computed outputs in the fixture format: `<out>/outputs/*.bin`, `<out>/gradients/*.bin`, manifest. */
 export function writeComputed(outDir: string, c: Computed): void {
   fs.mkdirSync(path.join(outDir, 'outputs'), { recursive: true });
-  const manifest: { outputs: Record<string, BinEntry>; gradients?: Record<string, BinEntry & { keras_path?: string }> } = { outputs: {} };
+  const manifest: {
+    outputs: Record<string, BinEntry>;
+    gradients?: Record<string, BinEntry & { keras_path?: string }>;
+    weights_final?: Record<string, BinEntry & { keras_path?: string }>;
+    runs?: Record<string, Record<string, BinEntry>>;
+    files?: string[];
+  } = { outputs: {} };
   for (const [k, v] of c.outputs) {
     const file = `outputs/${k}.bin`;
     writeBin(outDir, file, v.data);
@@ -157,6 +171,35 @@ export function writeComputed(outDir: string, c: Computed): void {
       const file = `gradients/${k.replace(/\//g, '__')}.bin`;
       writeBin(outDir, file, v.data);
       manifest.gradients[k] = { file, dtype: 'float32', shape: v.shape, ...(v.keras_path ? { keras_path: v.keras_path } : {}) };
+    }
+  }
+  if (c.weights_final?.size) {
+    fs.mkdirSync(path.join(outDir, 'weights_final'), { recursive: true });
+    manifest.weights_final = {};
+    for (const [k, v] of c.weights_final) {
+      const file = `weights_final/${k.replace(/\//g, '__')}.bin`;
+      writeBin(outDir, file, v.data);
+      manifest.weights_final[k] = { file, dtype: 'float32', shape: v.shape, keras_path: k };
+    }
+  }
+  if (c.runs?.size) {
+    manifest.runs = {};
+    for (const [name, run] of c.runs) {
+      fs.mkdirSync(path.join(outDir, name), { recursive: true });
+      const entries: Record<string, BinEntry> = {};
+      for (const [k, v] of run) {
+        const file = `${name}/${k}.bin`;
+        writeBin(outDir, file, v.data);
+        entries[k] = { file, dtype: v.dtype, shape: v.shape };
+      }
+      manifest.runs[name] = entries;
+    }
+  }
+  if (c.files?.size) {
+    manifest.files = [];
+    for (const [name, write] of c.files) {
+      write(path.join(outDir, name));
+      manifest.files.push(name);
     }
   }
   writeFileAtomic(path.join(outDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
