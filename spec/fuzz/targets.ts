@@ -13,6 +13,7 @@ import { formatError } from '../../checkpoints/errors';
 import { writeH5, type H5WriteDataset } from '../../checkpoints/h5write';
 import { readPresetConfig, readShardedWeights, readWeightsFiles } from '../../checkpoints/keras';
 import { readNpz, writeNpz } from '../../checkpoints/npz';
+import { readLoraH5 } from '../../checkpoints/lora';
 import { readSafetensorsFile, writeSafetensors } from '../../checkpoints/safetensors';
 import { readImage } from '../../src/preprocess/image';
 import { loadTokenizer } from '../../src/text/tokenizer';
@@ -342,6 +343,26 @@ function jpegTarget(): Target {
   return { name: 'jpeg', seed, fileName: 'image.jpg', dataRegions: [[0, seed.length]], load: imageSummary, declared: jpegDeclared };
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// LoRA adapters (keras_hub's .lora.h5, as the train fixtures hold one)
+// ---------------------------------------------------------------------------------------------------------------
+
+function loraTarget(): Target {
+  const dir = 'spec/fixtures/train/lora_forward_grad';
+  const seed = new Uint8Array(fs.readFileSync(path.join(dir, 'adapter.lora.h5')));
+  const config = readPresetConfig(path.join(dir, 'preset'));
+  const regions: [number, number][] = [];
+  for (const w of readWeightsFiles([path.join(dir, 'adapter.lora.h5')]).values()) regions.push([w.offset, w.offset + w.byteLength]);
+  const load = (file: string): Summary => {
+    const lora = readLoraH5(file, config);
+    return {
+      structure: `rank ${lora.rank}: ${lora.adapters.map((a) => `${a.layer}[${a.a.shape.join(',')}|${a.b.shape.join(',')}]`).join(';')}`,
+      values: digest(lora.adapters.flatMap((a) => [bytesOf(a.a.values), bytesOf(a.b.values)])),
+    };
+  };
+  return { name: 'lora.h5', seed, fileName: 'adapter.lora.h5', dataRegions: regions, load };
+}
+
 /** Every target, by name. */
 export const TARGETS: Readonly<Record<string, () => Target>> = {
   h5: h5Target,
@@ -354,4 +375,5 @@ export const TARGETS: Readonly<Record<string, () => Target>> = {
   'config.json': configTarget,
   png: pngTarget,
   jpeg: jpegTarget,
+  'lora.h5': loraTarget,
 };
