@@ -14,7 +14,7 @@ import { writeH5, type H5WriteDataset } from '../../checkpoints/h5write';
 import { readPresetConfig, readShardedWeights, readWeightsFiles } from '../../checkpoints/keras';
 import { readNpz, writeNpz } from '../../checkpoints/npz';
 import { readLoraH5 } from '../../checkpoints/lora';
-import { readSafetensorsFile, writeSafetensors } from '../../checkpoints/safetensors';
+import { readSafetensorsFile, readShardedSafetensors, writeSafetensors } from '../../checkpoints/safetensors';
 import { readImage } from '../../src/preprocess/image';
 import { loadTokenizer } from '../../src/text/tokenizer';
 import type { Summary, Target } from './harness';
@@ -167,6 +167,31 @@ function shardIndexTarget(): Target {
     beside: new Map([
       ['model_00000.weights.h5', shard0],
       ['model_00001.weights.h5', shard1],
+    ]),
+    load,
+  };
+}
+
+/** transformers' `model.safetensors.index.json` over two shards. */
+function hfIndexTarget(): Target {
+  const shard = (entries: [string, number][]) =>
+    seedFrom((f) => writeSafetensors(f, entries.map(([k, n]) => [k, { shape: [n], values: f32(n, n) }] as const)), 'shard.safetensors');
+  const index = { metadata: { total_size: 36 }, weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00001-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' } };
+  let keys: string[] | undefined;
+  const load = (file: string): Summary => {
+    const ts = [...readShardedSafetensors(file).values()];
+    sameKeys(file, ts.map((t) => t.key), keys);
+    keys ??= ts.map((t) => t.key);
+    return { structure: ts.map((t) => `${t.key}:${t.dtype}[${t.shape.join(',')}]@${path.basename(t.file)}`).join(';'), values: digest(ts.map((t) => bytesOf(t.read()))) };
+  };
+  return {
+    name: 'hf-index',
+    seed: new Uint8Array(Buffer.from(JSON.stringify(index, null, 2))),
+    fileName: 'model.safetensors.index.json',
+    dataRegions: [],
+    beside: new Map([
+      ['model-00001-of-00002.safetensors', shard([['a', 4], ['b', 2]])],
+      ['model-00002-of-00002.safetensors', shard([['c', 3]])],
     ]),
     load,
   };
@@ -367,6 +392,7 @@ function loraTarget(): Target {
 export const TARGETS: Readonly<Record<string, () => Target>> = {
   h5: h5Target,
   'sharded-index': shardIndexTarget,
+  'hf-index': hfIndexTarget,
   safetensors: safetensorsTarget,
   npz: () => npzTarget(false),
   'npz-deflated': () => npzTarget(true),
