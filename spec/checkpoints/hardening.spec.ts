@@ -264,3 +264,13 @@ test('an HDF5 file with bytes past its end-of-file address (inserted or appended
   fs.appendFileSync(file, Buffer.alloc(4));
   t.is(formatError(t, () => readKerasWeights(dir)).message, `${file}: superblock: the end-of-file address is ${size}, but the file has ${size + 4} bytes`);
 });
+
+test('a config within the maxima that describes more parameters than the machine holds is refused before allocating', (t) => {
+  const dir = tempDir(t);
+  const config = JSON.parse(fs.readFileSync('spec/fixtures/text/generate/preset/config.json', 'utf8')) as { config: Record<string, unknown> };
+  Object.assign(config.config, { num_layers: 1024, hidden_dim: 1 << 18, intermediate_dim: 1 << 18 });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  const e = formatError(t, () => fromPreset(dir, { loadWeights: false }));
+  t.regex(e.message, new RegExp(`^fromPreset\\("${dir}"\\): the config describes [\\d,]+ parameters \\([\\d.]+ GiB as float32\\), more than this machine's memory \\([\\d.]+ GiB\\)$`));
+  t.is(e.field, 'config');
+});

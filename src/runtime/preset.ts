@@ -450,6 +450,15 @@ export function fromPreset(preset: string, options: FromPresetOptions = {}): Pal
 function guard(preset: string, config: PaliGemmaConfig): void {
   const count = parameterCount(config);
   assertFitsBackend(count * 4, `fromPreset("${preset}"): ${count.toLocaleString('en-US')} parameters as float32`);
+  // A config within CONFIG_MAXIMA can still describe more parameters than this machine holds: refuse it
+  // before initializers (loadWeights: false) or the weight checks allocate anything.
+  if (count * 4 > os.totalmem()) {
+    throw new FormatError(
+      preset,
+      'config',
+      `fromPreset("${preset}"): the config describes ${count.toLocaleString('en-US')} parameters (${(count * 4 / 2 ** 30).toFixed(1)} GiB as float32), more than this machine's memory (${(os.totalmem() / 2 ** 30).toFixed(1)} GiB)`,
+    );
+  }
 }
 
 /** A preset directory (keras_hub or Hugging Face): `fromPreset(dir)`. */
