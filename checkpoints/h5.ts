@@ -929,6 +929,12 @@ function indexFd(file: string, fd: number): H5Index {
     if (ancestors.includes(address)) throw new Error(`${file}: group "${showPath(path)}" contains itself (a hard-link cycle)`);
     groupAttrs.set(path, attrs);
     children.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    // Two members with one name: one would silently hide the other.
+    for (let i = 1; i < children.length; i++) {
+      if (children[i][0] === children[i - 1][0]) {
+        throw new FormatError(file, joinPath(path, children[i][0]), `${file}: group "${showPath(path)}" has two members named ${JSON.stringify(children[i][0])}`);
+      }
+    }
     for (const [name, child] of children) visit(child, joinPath(path, name), [...ancestors, address]);
   };
   visit(sb.rootAddress, '', []);

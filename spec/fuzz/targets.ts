@@ -378,8 +378,13 @@ function loraTarget(): Target {
   const config = readPresetConfig(path.join(dir, 'preset'));
   const regions: [number, number][] = [];
   for (const w of readWeightsFiles([path.join(dir, 'adapter.lora.h5')]).values()) regions.push([w.offset, w.offset + w.byteLength]);
+  // keras_hub's load_lora_weights reads exactly the model's LoRA-enabled layers (each by its index): an
+  // adapter for another layer, or a missing one, is refused there; the same check stands in for it here.
+  let layers: string[] | undefined;
   const load = (file: string): Summary => {
     const lora = readLoraH5(file, config);
+    sameKeys(file, lora.adapters.map((a) => a.layer), layers);
+    layers ??= lora.adapters.map((a) => a.layer);
     return {
       structure: `rank ${lora.rank}: ${lora.adapters.map((a) => `${a.layer}[${a.a.shape.join(',')}|${a.b.shape.join(',')}]`).join(';')}`,
       values: digest(lora.adapters.flatMap((a) => [bytesOf(a.a.values), bytesOf(a.b.values)])),
