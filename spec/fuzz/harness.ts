@@ -26,6 +26,11 @@ export interface Target {
   readonly fileName: string;
   /** Byte ranges [begin, end) of the seed where a flip may change values (not structure). */
   readonly dataRegions: readonly (readonly [number, number])[];
+  /**
+   * Text (JSON): an edit inside one value region changes that value only, whatever its length (nothing after
+   * it moves, unlike in a binary file); an edit that breaks out of the value shows in the structure.
+   */
+  readonly textual?: boolean;
   /** Files that stay as they are beside the mutated one (shards of an index). */
   readonly beside?: ReadonlyMap<string, Uint8Array>;
   /** Load the mutated file (at `file`, in `dir`) through the public API. */
@@ -85,7 +90,7 @@ export function mutationArb(length: number, runs: number): fc.Arbitrary<Mutation
 }
 
 /** The mutated bytes, and whether the change is confined to the seed's data regions (same length, in place). */
-export function mutate(seed: Uint8Array, m: Mutation, dataRegions: Target['dataRegions']): { bytes: Uint8Array; dataOnly: boolean } {
+export function mutate(seed: Uint8Array, m: Mutation, dataRegions: Target['dataRegions'], textual = false): { bytes: Uint8Array; dataOnly: boolean } {
   // Adjacent regions (two tensors back to back) count as one.
   const merged: [number, number][] = [];
   for (const [b, e] of [...dataRegions].sort((x, y) => x[0] - y[0])) {
@@ -126,6 +131,7 @@ export function mutate(seed: Uint8Array, m: Mutation, dataRegions: Target['dataR
     case 'splice': {
       const bytes = Buffer.concat([seed.subarray(0, m.at), Buffer.from(m.insert), seed.subarray(Math.min(seed.length, m.at + m.remove))]);
       // same length (a removal clipped at the end can be): in place, so only the bytes that changed count
+      if (textual) return { bytes, dataOnly: inData(m.at, Math.min(seed.length, m.at + m.remove)) };
       let dataOnly = bytes.length === seed.length;
       for (let i = 0; dataOnly && i < bytes.length; i++) if (bytes[i] !== seed[i] && !inData(i, i + 1)) dataOnly = false;
       return { bytes, dataOnly };
@@ -163,7 +169,7 @@ export function prepare(target: Target, dir: string): Summary {
 export function runCase(target: Target, dir: string, m: Mutation, limitMs: number): CaseResult {
   const seed = seedSummaries.get(target);
   if (seed === undefined) throw new Error(`prepare(${target.name}) first`);
-  const { bytes, dataOnly } = mutate(target.seed, m, target.dataRegions);
+  const { bytes, dataOnly } = mutate(target.seed, m, target.dataRegions, target.textual);
   const file = path.join(dir, target.fileName);
   fs.writeFileSync(file, bytes);
   const start = performance.now();

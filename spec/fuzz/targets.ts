@@ -205,7 +205,7 @@ function configTarget(): Target {
     const config = readPresetConfig(dir);
     return { structure: Object.keys(config).sort().join(','), values: JSON.stringify(config) };
   };
-  return { name: 'config.json', seed, fileName: 'config.json', dataRegions: jsonValueRanges(text), load };
+  return { name: 'config.json', seed, fileName: 'config.json', dataRegions: jsonValueRanges(text), textual: true, load };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ function tokenizerJsonTarget(): Target {
   };
   const text = JSON.stringify(json);
   // vocab keys are piece texts: values, like the strings and numbers
-  return { name: 'tokenizer.json', seed: new Uint8Array(Buffer.from(text)), fileName: 'tokenizer.json', dataRegions: jsonValueRanges(text, true), load: tokenizerSummary };
+  return { name: 'tokenizer.json', seed: new Uint8Array(Buffer.from(text)), fileName: 'tokenizer.json', dataRegions: jsonValueRanges(text, true), textual: true, load: tokenizerSummary };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
