@@ -98,7 +98,9 @@ export function mutate(seed: Uint8Array, m: Mutation, dataRegions: Target['dataR
     if (last !== undefined && b <= last[1]) last[1] = Math.max(last[1], e);
     else merged.push([b, e]);
   }
-  const inData = (from: number, to: number) => merged.some(([b, e]) => from >= b && to <= e);
+  // In text, an edit of the character next to a value (the space before a number) can join it: one of slack.
+  const slack = textual ? 1 : 0;
+  const inData = (from: number, to: number) => merged.some(([b, e]) => from >= b - slack && to <= e + slack);
   switch (m.kind) {
     case 'flip': {
       const bytes = Uint8Array.from(seed);
