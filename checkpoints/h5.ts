@@ -587,11 +587,14 @@ function decodeDatatype(c: Cursor): H5Type {
       const mantSize = c.u8();
       const bias = c.u32();
       const vax = (bits0 & 0x40) !== 0;
+      // IEEE: no padding bits set (bits 1-3) and an implied leading mantissa bit (normalization 2, bits 4-5);
+      // anything else is another number format, which reading as IEEE would get wrong.
+      const ieee = (bits0 & 0x0e) === 0 && ((bits0 >> 4) & 0x03) === 2;
       const layout = FLOAT_LAYOUTS.find(
         ([, s, e, m, b]) => s === size && e === expSize && m === mantSize && b === bias && mantLocation === 0 && expLocation === m,
       );
-      if (layout === undefined || vax || bitOffset !== 0 || precision !== size * 8 || bits1 !== size * 8 - 1) {
-        return { kind: 'other', size, description: `${size}-byte float (exponent ${expSize} bits, mantissa ${mantSize} bits, bias ${bias}${vax ? ', VAX order' : ''})` };
+      if (layout === undefined || vax || !ieee || bitOffset !== 0 || precision !== size * 8 || bits1 !== size * 8 - 1) {
+        return { kind: 'other', size, description: `${size}-byte float (exponent ${expSize} bits, mantissa ${mantSize} bits, bias ${bias}${vax ? ', VAX order' : ''}${ieee ? '' : `, not IEEE: class bits 0x${bits0.toString(16)}`})` };
       }
       return { kind: 'float', dtype: layout[0], le: (bits0 & 0x01) === 0 };
     }
