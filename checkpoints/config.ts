@@ -15,13 +15,18 @@
  */
 import * as t from 'io-ts';
 import { isLeft } from 'fp-ts/Either';
+import { FormatError } from './errors';
 import { CONFIG_DEFAULTS, configProblems, type PaliGemmaConfig, type VitPooling } from '../models/config';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Failures that say what was expected and what was there
 // ---------------------------------------------------------------------------------------------------------------
 
-const show = (u: unknown): string => (u === undefined ? 'nothing' : (JSON.stringify(u) ?? String(u)));
+/** A JSON value for a message, cut at 200 characters (a crafted file can hold megabytes in one field). */
+const show = (u: unknown): string => {
+  const s = u === undefined ? 'nothing' : (JSON.stringify(u) ?? String(u));
+  return s.length > 200 ? `${s.slice(0, 200)}...` : s;
+};
 
 const fail = (u: unknown, c: t.Context, expected: string): t.Validation<never> =>
   t.failure(u, c, `expected ${expected}, got ${show(u)}`);
@@ -61,7 +66,25 @@ const numberWhere = (name: string, ok: (n: number) => boolean): Codec<number, nu
     (u): u is number => isFiniteNumber(u) && ok(u),
   );
 
-const positiveInt = numberWhere('positive integer', (n) => Number.isInteger(n) && n > 0);
+
+/**
+ * Sane maxima, far above every PaliGemma (Gemma 2 27B: 46 layers, hidden 4608, MLP 2 * 36864, vocabulary
+ * 257152): a config.json from the internet with an absurd count would otherwise hang or abort V8 (layer tables,
+ * `layer_types` checks) before any weight is looked at.
+ */
+export const CONFIG_MAXIMA = {
+  layers: 1024,
+  heads: 1024,
+  dim: 1 << 18,
+  vocabulary: 1 << 22,
+  image: 8192,
+  window: 1 << 24,
+} as const;
+
+/** A positive integer at most `max`. */
+export const intUpTo = (max: number): Codec<number, number> =>
+  numberWhere(`positive integer at most ${max}`, (n) => Number.isInteger(n) && n > 0 && n <= max);
+const M = CONFIG_MAXIMA;
 const positiveNumber = numberWhere('positive number', (n) => n > 0);
 const dropoutRate = numberWhere('number in [0, 1)', (n) => n >= 0 && n < 1);
 
@@ -128,9 +151,9 @@ const classifierActivation = oneOf<PaliGemmaConfig['vit_classifier_activation']>
 /** `vit_intermediate_dim`: old PG1 presets have null, which keras_hub turns into 4304 ("TODO remove default"). */
 const vitIntermediateDim = leaf<number, number>(
   'vit_intermediate_dim',
-  (u, c) => (u === null ? t.success(CONFIG_DEFAULTS.vit_intermediate_dim) : positiveInt.validate(u, c)),
+  (u, c) => (u === null ? t.success(CONFIG_DEFAULTS.vit_intermediate_dim) : intUpTo(M.dim).validate(u, c)),
   (n) => n,
-  positiveInt.is,
+  intUpTo(M.dim).is,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -219,18 +242,18 @@ const optional = <K extends keyof typeof CONFIG_DEFAULTS>(key: K, codec: Codec<P
 /** Every argument, in the order keras_hub's `get_config` writes them (dtype goes first, after name/trainable). */
 const FIELDS: { readonly [K in keyof PaliGemmaConfig]: FieldSpec<PaliGemmaConfig[K]> } = {
   dtype: optional('dtype', dtypePolicy),
-  vocabulary_size: required(positiveInt),
-  image_size: required(positiveInt),
-  num_layers: required(positiveInt),
-  num_query_heads: required(positiveInt),
-  num_key_value_heads: required(positiveInt),
-  hidden_dim: required(positiveInt),
-  intermediate_dim: required(positiveInt),
-  head_dim: required(positiveInt),
-  vit_patch_size: required(positiveInt),
-  vit_num_heads: required(positiveInt),
-  vit_hidden_dim: required(positiveInt),
-  vit_num_layers: required(positiveInt),
+  vocabulary_size: required(intUpTo(M.vocabulary)),
+  image_size: required(intUpTo(M.image)),
+  num_layers: required(intUpTo(M.layers)),
+  num_query_heads: required(intUpTo(M.heads)),
+  num_key_value_heads: required(intUpTo(M.heads)),
+  hidden_dim: required(intUpTo(M.dim)),
+  intermediate_dim: required(intUpTo(M.dim)),
+  head_dim: required(intUpTo(M.dim)),
+  vit_patch_size: required(intUpTo(M.image)),
+  vit_num_heads: required(intUpTo(M.heads)),
+  vit_hidden_dim: required(intUpTo(M.dim)),
+  vit_num_layers: required(intUpTo(M.layers)),
   vit_intermediate_dim: optional('vit_intermediate_dim', vitIntermediateDim),
   vit_pooling: optional('vit_pooling', vitPooling),
   vit_classifier_activation: optional('vit_classifier_activation', classifierActivation),
@@ -240,7 +263,7 @@ const FIELDS: { readonly [K in keyof PaliGemmaConfig]: FieldSpec<PaliGemmaConfig
   use_post_attention_norm: optional('use_post_attention_norm', bool),
   final_logit_soft_cap: optional('final_logit_soft_cap', nullable(positiveNumber)),
   attention_logit_soft_cap: optional('attention_logit_soft_cap', nullable(positiveNumber)),
-  sliding_window_size: optional('sliding_window_size', positiveInt),
+  sliding_window_size: optional('sliding_window_size', intUpTo(M.window)),
   use_sliding_window_attention: optional('use_sliding_window_attention', bool),
   layer_norm_epsilon: optional('layer_norm_epsilon', positiveNumber),
   dropout: optional('dropout', dropoutRate),
@@ -337,10 +360,14 @@ export const PaliGemmaBackboneJson: t.Type<PaliGemmaConfig, BackboneJson, unknow
 export function decodeConfig(json: unknown, source = 'config.json'): PaliGemmaConfig {
   const codec = isRecord(json) && 'class_name' in json ? PaliGemmaBackboneJson : PaliGemmaArguments;
   const result = codec.decode(json);
-  if (isLeft(result)) throw new Error(formatErrors(source, result.left).join('\n'));
+  if (isLeft(result)) {
+    const lines = formatErrors(source, result.left);
+    const first = lines[0].slice(source.length + 2);
+    throw new FormatError(source, first.slice(0, Math.max(0, first.indexOf(':'))) || 'config', lines.join('\n'));
+  }
   // the fields decode one by one; whether they fit together (patch divides image, ...) is checked here
   const problems = configProblems(result.right);
-  if (problems.length > 0) throw new Error(problems.map((p) => `${source}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(source, 'config', problems.map((p) => `${source}: ${p}`).join('\n'));
   return result.right;
 }
 

@@ -29,6 +29,8 @@
  * Reference: "HDF5 File Format Specification Version 3.0" (The HDF Group); each parser names its section.
  */
 import * as fs from 'node:fs';
+import { FormatError, guarded } from './errors';
+import { openRegularFile } from './files';
 import { HOST_LE, bfloat16ToNumber, halfToNumber, readFloatsAt, readFully, widenInto, type FloatDType } from './io';
 
 export { HOST_LE, bfloat16ToNumber, halfToNumber };
@@ -109,14 +111,16 @@ export interface H5File extends H5Index {
 
 /** Index `file` and keep it open for reads; call `close()` when done. */
 export function openH5(file: string): H5File {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const index = indexFd(file, fd);
-    return new OpenFile(index, fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    throw e;
-  }
+  return guarded(file, () => {
+    const fd = openRegularFile(file);
+    try {
+      const index = indexFd(file, fd);
+      return new OpenFile(index, fd);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  });
 }
 
 /**
@@ -156,22 +160,24 @@ export function openH5Bytes(bytes: Uint8Array | ArrayBuffer, name = '<bytes>'): 
 
 /** Index `file` and close it: the result describes where the data is; read it later with `readDatasetFloat32`. */
 export function indexH5(file: string): H5Index {
-  const fd = fs.openSync(file, 'r');
-  try {
-    return indexFd(file, fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  return guarded(file, () => {
+    const fd = openRegularFile(file);
+    try {
+      return indexFd(file, fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
 }
 
 /** Read one dataset as float32, opening and closing its file. */
 export function readDatasetFloat32(ds: H5Dataset): Float32Array {
-  return withFd(ds.file, (fd) => readFloat32At(fd, ds));
+  return guarded(ds.file, () => withFd(ds.file, (fd) => readFloat32At(fd, ds)));
 }
 
 /** Read one dataset's stored bytes, opening and closing its file. */
 export function readDatasetBytes(ds: H5Dataset): Uint8Array {
-  return withFd(ds.file, (fd) => readBytesAt(fd, ds));
+  return guarded(ds.file, () => withFd(ds.file, (fd) => readBytesAt(fd, ds)));
 }
 
 class OpenFile implements H5File {
@@ -192,11 +198,11 @@ class OpenFile implements H5File {
   }
 
   readFloat32(path: string): Float32Array {
-    return readFloat32At(this.openFd(), this.dataset(path));
+    return guarded(this.file, () => readFloat32At(this.openFd(), this.dataset(path)));
   }
 
   readBytes(path: string): Uint8Array {
-    return readBytesAt(this.openFd(), this.dataset(path));
+    return guarded(this.file, () => readBytesAt(this.openFd(), this.dataset(path)));
   }
 
   close(): void {
@@ -233,6 +239,8 @@ type ReadAt = (dst: Uint8Array, pos: number) => void;
 class Source {
   /** The file size the superblock records (its end-of-file address); set once the superblock is read. */
   expectedSize = Number.NaN;
+  /** Every metadata extent read while indexing, [begin, end): datasets' data must not overlap them. */
+  readonly metadata: [number, number, string][] = [];
 
   constructor(
     readonly file: string,
@@ -240,8 +248,9 @@ class Source {
     private readonly readAt: ReadAt,
   ) {}
 
-  read(pos: number, n: number, what: string): Uint8Array {
-    if (pos < 0 || pos + n > this.size) throw new PastEnd(`${what} needs bytes ${pos}..${pos + n}`);
+  read(pos: number, n: number, what: string, record = true): Uint8Array {
+    if (!Number.isSafeInteger(pos) || !Number.isSafeInteger(n) || pos < 0 || n < 0 || pos + n > this.size) throw new PastEnd(`${what} needs bytes ${pos}..${pos + n}`);
+    if (record && n > 0) this.metadata.push([pos, pos + n, what]);
     const buf = new Uint8Array(n);
     this.readAt(buf, pos);
     return buf;
@@ -397,7 +406,7 @@ function findSignature(src: Source): number {
 function readSuperblock(src: Source): Superblock {
   const at = findSignature(src);
   const what = `${src.file}: superblock`;
-  const head = new Cursor(src.read(at, Math.min(src.size - at, 256), 'the superblock'), { offsets: 8, lengths: 8, base: at }, what, at);
+  const head = new Cursor(src.read(at, Math.min(src.size - at, 256), 'the superblock', false), { offsets: 8, lengths: 8, base: at }, what, at);
   head.skip(8);
   const version = head.u8();
   if (version === 0 || version === 1) {
@@ -412,6 +421,7 @@ function readSuperblock(src: Source): Superblock {
     const eof = c.address();
     c.address(); // driver info block
     const root = readSymbolTableEntry(c);
+    src.metadata.push([at, at + c.pos, 'the superblock']);
     return { version, sizes: c.sizes, expectedSize: eof, rootAddress: root.address };
   }
   if (version === 2 || version === 3) {
@@ -423,6 +433,8 @@ function readSuperblock(src: Source): Superblock {
     c.address(); // superblock extension (shared message tables etc.: shared messages are refused where met)
     const eof = c.address();
     const root = c.address();
+    c.skip(4); // checksum
+    src.metadata.push([at, at + c.pos, 'the superblock']);
     return { version, sizes: c.sizes, expectedSize: eof, rootAddress: root };
   }
   throw head.fail(`unsupported superblock version ${version} (supported: 0-3)`);
@@ -624,11 +636,14 @@ function decodeDatatype(c: Cursor): H5Type {
       const mantSize = c.u8();
       const bias = c.u32();
       const vax = (bits0 & 0x40) !== 0;
+      // IEEE: no padding bits set (bits 1-3) and an implied leading mantissa bit (normalization 2, bits 4-5);
+      // anything else is another number format, which reading as IEEE would get wrong.
+      const ieee = (bits0 & 0x0e) === 0 && ((bits0 >> 4) & 0x03) === 2;
       const layout = FLOAT_LAYOUTS.find(
         ([, s, e, m, b]) => s === size && e === expSize && m === mantSize && b === bias && mantLocation === 0 && expLocation === m,
       );
-      if (layout === undefined || vax || bitOffset !== 0 || precision !== size * 8 || bits1 !== size * 8 - 1) {
-        return { kind: 'other', size, description: `${size}-byte float (exponent ${expSize} bits, mantissa ${mantSize} bits, bias ${bias}${vax ? ', VAX order' : ''})` };
+      if (layout === undefined || vax || !ieee || bitOffset !== 0 || precision !== size * 8 || bits1 !== size * 8 - 1) {
+        return { kind: 'other', size, description: `${size}-byte float (exponent ${expSize} bits, mantissa ${mantSize} bits, bias ${bias}${vax ? ', VAX order' : ''}${ieee ? '' : `, not IEEE: class bits 0x${bits0.toString(16)}`})` };
       }
       return { kind: 'float', dtype: layout[0], le: (bits0 & 0x01) === 0 };
     }
@@ -680,12 +695,14 @@ function decodeLayout(c: Cursor): Layout {
     if (cls === 1) return { kind: 'contiguous', address, size: null };
     if (cls === 2) return { kind: 'chunked' };
     const size = c.u32();
+    if (size > c.remaining) throw c.fail(`compact data of ${size} bytes runs past its message (${c.remaining} bytes left)`);
     return { kind: 'compact', position: c.filePos + c.pos, size };
   }
   if (version === 3 || version === 4) {
     const cls = c.u8();
     if (cls === 0) {
       const size = c.u16();
+      if (size > c.remaining) throw c.fail(`compact data of ${size} bytes runs past its message (${c.remaining} bytes left)`);
       return { kind: 'compact', position: c.filePos + c.pos, size };
     }
     if (cls === 1) return { kind: 'contiguous', address: c.address(), size: c.length() };
@@ -788,6 +805,8 @@ function decodeAttribute(c: Cursor, heap: GlobalHeap): [string, H5AttrValue] {
   const type = decodeDatatype(c.sub(padded(typeSize), what));
   const shape = decodeDataspace(c.sub(padded(spaceSize), what));
   const count = shape === null ? 0 : shape.reduce((a, b) => a * b, 1);
+  // Each element takes at least one byte of the message (a 0-byte string type takes none: bounded apart).
+  if (count > Math.max(c.remaining, 1 << 16)) throw c.fail(`${count} elements cannot fit the ${c.remaining} bytes left in the message`);
   const values = decodeElements(type, count, new Cursor(c.bytes(c.remaining), c.sizes, what, 0), heap);
   return [name, shape !== null && shape.length === 0 ? values[0] : (values as readonly string[] | readonly number[])];
 }
@@ -857,8 +876,12 @@ function widenScalar(dtype: FloatDType, b: Uint8Array): number {
 function readSymbolTable(src: Source, sizes: Sizes, btree: number, localHeap: number, what: string): [string, number][] {
   const names = readLocalHeap(src, sizes, localHeap, `local heap of ${what}`);
   const entries: [string, number][] = [];
+  const seen = new Set<number>();
   const visit = (node: number, depth: number): void => {
     if (depth > 64) throw new Error(`${src.file}: B-tree of ${what} is deeper than 64 levels`);
+    // A node reached twice would be read again and again (a crafted tree can fan out exponentially).
+    if (seen.has(node)) throw new FormatError(src.file, 'B-tree', `${src.file}: B-tree of ${what}: node at byte ${node} is reached twice`);
+    seen.add(node);
     const label = `B-tree node of ${what}`;
     const headSize = 8 + 2 * sizes.offsets;
     const head = new Cursor(src.read(node, headSize, label), sizes, `${src.file}: ${label}`, node);
@@ -916,6 +939,9 @@ function readLocalHeap(src: Source, sizes: Sizes, address: number, label: string
 export const showPath = (path: string): string => (path === '' ? '/' : path);
 export const joinPath = (parent: string, name: string): string => (parent === '' ? name : `${parent}/${name}`);
 
+/** Most objects (paths) an index walks: a 27B Keras preset has a few thousand. */
+const MAX_OBJECTS = 1 << 17;
+
 function indexFd(file: string, fd: number): H5Index {
   return indexSource(new Source(file, fs.fstatSync(fd).size, (dst, pos) => readFully(fd, file, dst, pos)));
 }
@@ -940,13 +966,19 @@ function indexSource(src: Source): H5Index {
       missing.push(e.detail);
     }
   };
+  // HDF5 lets one object have several names (h5py hard links), so an object can be reached more than once;
+  // crafted links can make the number of paths exponential, so the walk has a budget.
+  let visits = 0;
   const visitObject = (address: number, path: string, ancestors: readonly number[]): void => {
     const what = `object header of "${showPath(path)}"`;
+    if (++visits > MAX_OBJECTS) throw new FormatError(file, path, `${file}: more than ${MAX_OBJECTS} objects (or paths to them); not a weights file`);
     const messages = readObjectHeader(src, sb.sizes, address, what);
     const attrs = readAttributes(src, messages, heap, path);
     const layout = messages.find((m) => m.type === MSG.layout);
     if (layout !== undefined) {
-      datasets.set(path, describeDataset(src, messages, layout, attrs, path));
+      const ds = describeDataset(src, messages, layout, attrs, path);
+      objectOf.set(ds, address);
+      datasets.set(path, ds);
       return;
     }
     const children = groupMembers(src, sb.sizes, messages, path);
@@ -954,13 +986,68 @@ function indexSource(src: Source): H5Index {
     if (ancestors.includes(address)) throw new Error(`${file}: group "${showPath(path)}" contains itself (a hard-link cycle)`);
     groupAttrs.set(path, attrs);
     children.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    // Two members with one name: one would silently hide the other.
+    for (let i = 1; i < children.length; i++) {
+      if (children[i][0] === children[i - 1][0]) {
+        throw new FormatError(file, joinPath(path, children[i][0]), `${file}: group "${showPath(path)}" has two members named ${JSON.stringify(children[i][0])}`);
+      }
+    }
     for (const [name, child] of children) visit(child, joinPath(path, name), [...ancestors, address]);
   };
   visit(sb.rootAddress, '', []);
 
   if (isTruncated) throw truncated(src, missing);
+  // HDF5 writers end the file at its end-of-file address: bytes past it were inserted or appended (a shift
+  // of everything after an insertion would otherwise load as other values).
+  if (src.size > sb.expectedSize) {
+    throw new FormatError(file, 'superblock', `${file}: superblock: the end-of-file address is ${sb.expectedSize}, but the file has ${src.size} bytes`);
+  }
+  checkExtents(src, datasets);
   return { file, size: src.size, superblockVersion: sb.version, datasets, groupAttrs };
 }
+
+/**
+ * Every dataset's data must lie in the file apart from the metadata and from every other dataset: a crafted
+ * data address pointing into another dataset or into an object header would otherwise load as weights.
+ * (Compact data lives inside its own object header, where decodeLayout has checked it.)
+ */
+function checkExtents(src: Source, datasets: ReadonlyMap<string, H5Dataset>): void {
+  const data = [...datasets.values()].filter((d) => d.byteLength > 0 && !compactData.has(d)).sort((a, b) => a.offset - b.offset);
+  const fail = (d: H5Dataset, other: string, b: number, e: number): never => {
+    throw new FormatError(src.file, d.path, `${src.file}: dataset "${d.path}" (bytes ${d.offset}..${d.offset + d.byteLength}) overlaps ${other} (bytes ${b}..${e})`);
+  };
+  // One object under two names is one extent; distinct objects must not overlap.
+  const extents = new Map<number, H5Dataset>();
+  for (const d of data) if (!extents.has(objectOf.get(d) ?? -1)) extents.set(objectOf.get(d) ?? -1, d);
+  const distinct = [...extents.values()].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < distinct.length; i++) {
+    const [p, d] = [distinct[i - 1], distinct[i]];
+    if (d.offset < p.offset + p.byteLength) fail(d, `dataset "${p.path}"`, p.offset, p.offset + p.byteLength);
+  }
+  // The metadata as sorted extents; each dataset is checked against the ones that start before it ends.
+  const meta = [...src.metadata].sort((a, b) => a[0] - b[0]);
+  const maxLength = meta.reduce((m, [b, e]) => Math.max(m, e - b), 0);
+  for (const d of distinct) {
+    const end = d.offset + d.byteLength;
+    // first extent that could reach d: begin >= d.offset - maxLength
+    let lo = 0;
+    let hi = meta.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (meta[mid][0] < d.offset - maxLength) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < meta.length && meta[i][0] < end; i++) {
+      if (meta[i][1] > d.offset) fail(d, `the metadata (${meta[i][2]})`, meta[i][0], meta[i][1]);
+    }
+  }
+}
+
+/** The object header address of each dataset. */
+const objectOf = new WeakMap<H5Dataset, number>();
+
+/** Datasets whose data is compact (inside the object header). */
+const compactData = new WeakSet<H5Dataset>();
 
 function readAttributes(src: Source, messages: readonly Message[], heap: GlobalHeap, path: string): H5Attrs {
   const info = messages.find((m) => m.type === MSG.attributeInfo);
@@ -1004,6 +1091,10 @@ function describeDataset(src: Source, messages: readonly Message[], layoutMsg: M
   const { dtype, littleEndian } = datasetDType(type, attrs, where);
   const count = shape.reduce((a, b) => a * b, 1);
   const byteLength = count * DTYPE_BYTES[dtype];
+  const limit = Math.max(src.size, Number.isNaN(src.expectedSize) ? 0 : src.expectedSize);
+  if (!Number.isSafeInteger(byteLength) || byteLength > limit) {
+    throw new FormatError(src.file, path, `${where}: shape [${shape.join(', ')}] of ${dtype} needs ${byteLength} bytes, more than the file's ${limit}`);
+  }
   const layout = decodeLayout(layoutMsg.data);
   if (layout.kind === 'chunked' || layout.kind === 'virtual') {
     const filtered = messages.some((m) => m.type === MSG.filters) ? ' with filters (compression)' : '';
@@ -1012,7 +1103,9 @@ function describeDataset(src: Source, messages: readonly Message[], layoutMsg: M
   const base = { file: src.file, path, shape, dtype, littleEndian, byteLength, attrs };
   if (layout.kind === 'compact') {
     if (layout.size !== byteLength) throw new Error(`${where}: compact data is ${layout.size} bytes, the shape and type need ${byteLength}`);
-    return { ...base, offset: layout.position };
+    const ds: H5Dataset = { ...base, offset: layout.position };
+    compactData.add(ds);
+    return ds;
   }
   if (layout.size !== null && layout.size !== byteLength) {
     throw new Error(`${where}: stored size is ${layout.size} bytes, the shape and type need ${byteLength}`);

@@ -16,17 +16,23 @@
  * and the ones transformers >= 4.52 writes (`model.language_model.*`, `model.vision_tower.*`,
  * `model.multi_modal_projector.*`, `lm_head.*`). The LM head is tied to the embedding: it is ignored.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { imageSequenceLength, type PaliGemmaConfig } from '../models/config';
 import type { PaliGemmaParams } from '../models/paligemma';
 import { encodeParams, kerasLayout, type WeightMap, type WeightSpec } from './params';
-import { readSafetensors, writeSafetensors, writeShardedSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
-import { writeFileAtomic } from './atomic';
+import { readSafetensors, type SafetensorsTensor, type SafetensorsTensors, type TensorToWrite } from './safetensors';
+import { writeHfFiles } from './dirwrite';
+import { CONFIG_MAXIMA } from './config';
+import { FormatError, guarded } from './errors';
+import { MAX_CONFIG_BYTES, readJsonFile } from './files';
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);
-const show = (u: unknown) => (u === undefined ? 'nothing' : JSON.stringify(u));
+/** A JSON value for a message, cut at 200 characters (a crafted file can hold megabytes in one field). */
+const show = (u: unknown): string => {
+  const s = u === undefined ? 'nothing' : (JSON.stringify(u) ?? String(u));
+  return s.length > 200 ? `${s.slice(0, 200)}...` : s;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // config.json
@@ -60,10 +66,12 @@ class Fields {
     return {};
   }
 
-  int(o: Record<string, unknown>, key: string, prefix: string, fallback?: number): number {
+  /** A positive integer at most `max` (see CONFIG_MAXIMA: absurd counts are refused before anything is built). */
+  int(o: Record<string, unknown>, key: string, prefix: string, fallback?: number, max: number = CONFIG_MAXIMA.dim): number {
     const v = o[key] ?? fallback;
-    if (Number.isSafeInteger(v) && (v as number) > 0) return v as number;
-    this.problem(`${prefix}${key}`, `expected a positive integer, got ${show(o[key])}`);
+    if (Number.isSafeInteger(v) && (v as number) > 0 && (v as number) <= max) return v as number;
+    const bound = Number.isSafeInteger(v) && (v as number) > max ? ` at most ${max}` : '';
+    this.problem(`${prefix}${key}`, `expected a positive integer${bound}, got ${show(o[key])}`);
     return NaN;
   }
 
@@ -92,7 +100,7 @@ export const isHfPaliGemmaConfig = (json: unknown): boolean => isRecord(json) &&
  * keras' `dropout` has no HF counterpart: it is 0.
  */
 export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemmaConfig {
-  if (!isRecord(json)) throw new Error(`${source}: expected a JSON object, got ${show(json)}`);
+  if (!isRecord(json)) throw new FormatError(source, 'config', `${source}: expected a JSON object, got ${show(json)}`);
   const f = new Fields(source);
   if (json['model_type'] !== 'paligemma') f.problem('model_type', `expected "paligemma", got ${show(json['model_type'])}`);
   const text = f.object(json, 'text_config');
@@ -109,7 +117,7 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
   const heads = f.int(text, 'num_attention_heads', t, defaults.num_attention_heads);
   const headDim = f.int(text, 'head_dim', t, defaults.head_dim);
   // Required (text_config's, or the top-level one of older files): a default would mis-slice the embedding.
-  const vocabSize = f.int(text, 'vocab_size', t, json['vocab_size'] as number | undefined);
+  const vocabSize = f.int(text, 'vocab_size', t, json['vocab_size'] as number | undefined, CONFIG_MAXIMA.vocabulary);
   const imageToken = json['image_token_index'] ?? json['image_token_id'];
   if (imageToken !== undefined && !(Number.isSafeInteger(imageToken) && (imageToken as number) > 0)) {
     f.problem('image_token_index', `expected a positive integer, got ${show(imageToken)}`);
@@ -140,9 +148,11 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
     window = f.cap(text, 'sliding_window', t, GEMMA2_DEFAULTS.sliding_window);
     const types = text['layer_types'];
     if (types !== undefined && types !== null) {
-      const layers = f.int(text, 'num_hidden_layers', t, defaults.num_hidden_layers);
+      const layers = f.int(text, 'num_hidden_layers', t, defaults.num_hidden_layers, CONFIG_MAXIMA.layers);
       const expected = Array.from({ length: layers }, (_, i) => (i % 2 === 0 && window !== null ? 'sliding_attention' : 'full_attention'));
-      if (!Array.isArray(types) || types.length !== layers || types.some((x, i) => x !== expected[i])) {
+      if (Number.isNaN(layers)) {
+        // reported above
+      } else if (!Array.isArray(types) || types.length !== layers || types.some((x, i) => x !== expected[i])) {
         f.problem(`${t}layer_types`, `expected sliding attention on even layers only (keras_hub's Gemma 2), got ${show(types)}`);
       }
     }
@@ -166,7 +176,7 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
   const config: PaliGemmaConfig = {
     vocabulary_size: vocabulary,
     image_size: imageSize,
-    num_layers: f.int(text, 'num_hidden_layers', t, defaults.num_hidden_layers),
+    num_layers: f.int(text, 'num_hidden_layers', t, defaults.num_hidden_layers, CONFIG_MAXIMA.layers),
     num_query_heads: heads,
     num_key_value_heads: f.int(text, 'num_key_value_heads', t, defaults.num_key_value_heads),
     hidden_dim: hidden,
@@ -176,7 +186,7 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
     vit_patch_size: patch,
     vit_num_heads: f.int(vision, 'num_attention_heads', v, SIGLIP_DEFAULTS.num_attention_heads),
     vit_hidden_dim: f.int(vision, 'hidden_size', v, SIGLIP_DEFAULTS.hidden_size),
-    vit_num_layers: f.int(vision, 'num_hidden_layers', v, SIGLIP_DEFAULTS.num_hidden_layers),
+    vit_num_layers: f.int(vision, 'num_hidden_layers', v, SIGLIP_DEFAULTS.num_hidden_layers, CONFIG_MAXIMA.layers),
     vit_intermediate_dim: f.int(vision, 'intermediate_size', v, SIGLIP_DEFAULTS.intermediate_size),
     vit_pooling: null,
     vit_classifier_activation: null,
@@ -192,7 +202,10 @@ export function decodeHfConfig(json: unknown, source = 'config.json'): PaliGemma
     dropout: 0,
     dtype: hfDtype(text['torch_dtype'] ?? json['torch_dtype'] ?? json['dtype']),
   };
-  if (f.problems.length > 0) throw new Error([...new Set(f.problems)].join('\n'));
+  if (f.problems.length > 0) {
+    const first = f.problems[0].slice(source.length + 2);
+    throw new FormatError(source, first.slice(0, first.indexOf(':')), [...new Set(f.problems)].join('\n'));
+  }
   return config;
 }
 
@@ -529,13 +542,8 @@ export function hfWeights(c: PaliGemmaConfig, tensors: SafetensorsTensors, sourc
 /** A Hugging Face PaliGemma directory: its config and its weights by keras h5 path. */
 export function readHfCheckpoint(dir: string): { config: PaliGemmaConfig; weights: WeightMap } {
   const file = path.join(dir, 'config.json');
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read: ${(e as Error).message}`);
-  }
-  const config = decodeHfConfig(json, file);
+  const json = guarded(file, () => readJsonFile(file, MAX_CONFIG_BYTES));
+  const config = guarded(file, () => decodeHfConfig(json, file));
   const vision = isRecord(json) && isRecord(json['vision_config']) ? json['vision_config'] : {};
   const weights = hfWeights(config, readSafetensors(dir), dir, { ignoreVisionHead: vision['vision_use_head'] !== false });
   return { config, weights };
@@ -570,8 +578,6 @@ export function writeHfCheckpoint(dir: string, params: PaliGemmaParams, options:
   const c = params.config;
   const hfConfig = encodeHfConfig(options.dtype === 'BF16' ? { ...c, dtype: 'bfloat16' } : options.dtype === 'F16' ? { ...c, dtype: 'float16' } : c);
   const tensors: [string, TensorToWrite][] = [...kerasToHf(c, encodeParams(params))].map(([k, t]) => [k, { ...t, dtype: options.dtype ?? 'F32' }]);
-  fs.mkdirSync(dir, { recursive: true });
-  if (options.maxShardBytes !== undefined) writeShardedSafetensors(dir, tensors, options.maxShardBytes);
-  else writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
-  writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(hfConfig, null, 2) + '\n');
+  writeHfFiles(dir, hfConfig, tensors, options.maxShardBytes);
 }
+

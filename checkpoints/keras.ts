@@ -15,6 +15,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { indexH5, readDatasetFloat32, type H5AttrValue, type H5Attrs, type H5DType, type H5Index } from './h5';
 import { decodeConfig } from './config';
+import { FormatError, guarded } from './errors';
+import { MAX_CONFIG_BYTES, isRegularFile, readJsonFile, segmentProblem } from './files';
 import type { PaliGemmaConfig } from '../models/config';
 
 export const CONFIG_FILE = 'config.json';
@@ -50,6 +52,10 @@ export function readKerasWeights(presetDir: string): KerasWeights {
   const sharded = path.join(presetDir, SHARDED_WEIGHTS_FILE);
   const hasSingle = fs.existsSync(single);
   const hasSharded = fs.existsSync(sharded);
+  return guarded(hasSharded ? sharded : hasSingle ? single : presetDir, () => weightsOf(presetDir, single, sharded, hasSingle, hasSharded));
+}
+
+function weightsOf(presetDir: string, single: string, sharded: string, hasSingle: boolean, hasSharded: boolean): KerasWeights {
   if (hasSingle && hasSharded) {
     throw new Error(`${presetDir}: both ${WEIGHTS_FILE} and ${SHARDED_WEIGHTS_FILE} exist; keep the one that was saved last`);
   }
@@ -60,16 +66,20 @@ export function readKerasWeights(presetDir: string): KerasWeights {
 
 /** The weights of one or several `.weights.h5` files, merged by path (a path in two files is an error). */
 export function readWeightsFiles(files: readonly string[]): KerasWeights {
-  return mergeIndexes(files.map((f) => indexH5(f)));
+  return guarded(files[0] ?? '', () => mergeIndexes(files.map((f) => indexH5(f))));
 }
 
 /** A sharded preset: every shard the map lists, merged, after checking the map against the shards. */
 export function readShardedWeights(mapFile: string): KerasWeights {
+  return guarded(mapFile, () => shardedWeights(mapFile));
+}
+
+function shardedWeights(mapFile: string): KerasWeights {
   const map = readShardMap(mapFile);
   const dir = path.dirname(mapFile);
   const shardNames = [...new Set([...map.groups.values()].flat())].sort();
   for (const name of shardNames) {
-    if (!fs.existsSync(path.join(dir, name))) throw new Error(`${mapFile}: lists shard ${name}, which is not in ${dir}`);
+    if (!isRegularFile(path.join(dir, name))) throw new FormatError(mapFile, 'weight_map', `${mapFile}: lists shard ${name}, which is not in ${dir}`);
   }
   const indexes = shardNames.map((name) => indexH5(path.join(dir, name)));
   const weights = mergeIndexes(indexes);
@@ -81,6 +91,15 @@ function mergeIndexes(indexes: readonly H5Index[]): KerasWeights {
   const layerNames = mergeGroupNames(indexes);
   const out = new Map<string, KerasWeight>();
   for (const index of indexes) {
+    // HDF5 allows one dataset under two names; Keras never writes that, and two weights would load the same bytes.
+    const byOffset = new Map<number, string>();
+    for (const ds of index.datasets.values()) {
+      const other = byOffset.get(ds.offset);
+      if (ds.byteLength > 0 && other !== undefined) {
+        throw new FormatError(ds.file, ds.path, `${ds.file}: dataset "${ds.path}" is the same data as "${other}" (bytes ${ds.offset}..${ds.offset + ds.byteLength}); every weight must have its own`);
+      }
+      if (ds.byteLength > 0) byOffset.set(ds.offset, ds.path);
+    }
     for (const ds of index.datasets.values()) {
       const previous = out.get(ds.path);
       if (previous !== undefined) throw new Error(`dataset "${ds.path}" is in both ${previous.file} and ${ds.file}`);
@@ -137,7 +156,7 @@ interface ShardMap {
 
 /** `{"metadata": {"total_size": bytes}, "weight_map": {"/<group>/vars": file | [file, ...]}}`. */
 function readShardMap(file: string): ShardMap {
-  const json = readJson(file);
+  const json = readJsonFile(file);
   const problems: string[] = [];
   const isObject = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);
   if (!isObject(json)) throw new Error(`${file}: expected an object, got ${JSON.stringify(json)}`);
@@ -151,13 +170,14 @@ function readShardMap(file: string): ShardMap {
   else {
     for (const [key, value] of Object.entries(weightMap)) {
       const files = typeof value === 'string' ? [value] : value;
-      const valid = Array.isArray(files) && files.length > 0 && files.every((f) => typeof f === 'string' && f === path.basename(f));
+      // Shard names are file names in the preset directory: not empty, not `.` or `..`, no separators.
+      const valid = Array.isArray(files) && files.length > 0 && files.every((f) => typeof f === 'string' && segmentProblem(f) === null);
       if (!key.startsWith('/') || !valid) {
         problems.push(`weight_map.${key}: expected "/<group path>" -> shard file name or list of them, got ${JSON.stringify(value)}`);
       } else groups.set(key.slice(1), files as string[]);
     }
   }
-  if (problems.length > 0) throw new Error(problems.map((p) => `${file}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(file, 'weight_map', problems.slice(0, 20).map((p) => `${file}: ${p}`).join('\n') + more(problems));
   return { totalSize: totalSize as number, groups };
 }
 
@@ -179,8 +199,11 @@ function checkShardMap(file: string, map: ShardMap, indexes: readonly H5Index[],
   }
   const bytes = [...weights.values()].reduce((n, w) => n + w.byteLength, 0);
   if (bytes !== map.totalSize) problems.push(`metadata.total_size is ${map.totalSize} bytes, the shards hold ${bytes}`);
-  if (problems.length > 0) throw new Error(problems.map((p) => `${file}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(file, 'weight_map', problems.slice(0, 20).map((p) => `${file}: ${p}`).join('\n') + more(problems));
 }
+
+/** A count of the problems past the 20 listed (a crafted map can have millions). */
+const more = (problems: readonly string[]): string => (problems.length > 20 ? `\n(and ${problems.length - 20} more)` : '');
 
 // ---------------------------------------------------------------------------------------------------------------
 // config.json and metadata.json
@@ -189,7 +212,7 @@ function checkShardMap(file: string, map: ShardMap, indexes: readonly H5Index[],
 /** The backbone config of a preset, from its `config.json` (strict: see checkpoints/config.ts). */
 export function readPresetConfig(presetDir: string): PaliGemmaConfig {
   const file = path.join(presetDir, CONFIG_FILE);
-  return decodeConfig(readJson(file), file);
+  return guarded(file, () => decodeConfig(readJsonFile(file, MAX_CONFIG_BYTES), file));
 }
 
 /** What `metadata.json` says; informational, so only the types of the fields we know are checked. */
@@ -228,15 +251,5 @@ export function readPresetMetadata(presetDir: string): PresetMetadata | null {
 }
 
 function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new Error(`${file}: cannot read: ${(e as Error).message}`);
-  }
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (e) {
-    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  return readJsonFile(file, MAX_CONFIG_BYTES);
 }

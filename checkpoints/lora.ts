@@ -17,6 +17,7 @@
  */
 import * as fs from 'node:fs';
 import { openH5 } from './h5';
+import { guarded } from './errors';
 import { writeH5, type H5WriteDataset } from './h5write';
 import { readSafetensorsFile, writeSafetensors, type TensorToWrite } from './safetensors';
 import { kerasLayout, type WeightSpec } from './params';
@@ -109,7 +110,7 @@ export interface LoraFile {
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
 
 /** Read keras_hub's `.lora.h5` for a backbone of this config; every key, index and shape is checked first. */
-export function readLoraH5(file: string, config: PaliGemmaConfig): LoraFile {
+function readLoraH5Unchecked(file: string, config: PaliGemmaConfig): LoraFile {
   if (!fs.existsSync(file)) throw new Error(`${file}: no such file`);
   const index = kerasLayerIndex(config);
   const byIndex = new Map([...index].map(([p, i]) => [i, p]));
@@ -189,7 +190,7 @@ export function writeLoraSafetensors(file: string, lora: LoraFile): void {
   writeSafetensors(file, tensors, { format: LORA_SAFETENSORS_FORMAT, rank: String(lora.rank), alpha: String(lora.alpha) });
 }
 
-export function readLoraSafetensors(file: string, config: PaliGemmaConfig): LoraFile {
+function readLoraSafetensorsUnchecked(file: string, config: PaliGemmaConfig): LoraFile {
   const st = readSafetensorsFile(file);
   if (st.metadata.format !== LORA_SAFETENSORS_FORMAT) {
     throw new Error(`${file}: __metadata__.format is ${JSON.stringify(st.metadata.format)}, expected "${LORA_SAFETENSORS_FORMAT}"`);
@@ -218,3 +219,8 @@ export function readLoraSafetensors(file: string, config: PaliGemmaConfig): Lora
   }
   return { rank, alpha, adapters };
 }
+
+/** Read keras_hub's `.lora.h5` for a backbone of this config; every key, index and shape is checked first. Errors are FormatErrors. */
+export const readLoraH5 = (file: string, config: PaliGemmaConfig): LoraFile => guarded(file, () => readLoraH5Unchecked(file, config));
+/** Read a safetensors adapter (see the header); errors are FormatErrors. */
+export const readLoraSafetensors = (file: string, config: PaliGemmaConfig): LoraFile => guarded(file, () => readLoraSafetensorsUnchecked(file, config));

@@ -13,14 +13,18 @@
  *   - `.npy` v1, v2 and v3 headers; dtypes `<f4`, `<f2`, `<f8` (and big-endian `>`), and `|V2` / `<V2`, which
  *     is how numpy stores bfloat16 (ml_dtypes' dtype has no numpy code: it is saved as 2-byte void), widened
  *     to float32. C order only: a Fortran-order array is refused.
- *   - CRCs are not checked (that would mean reading every byte up front); sizes are: a truncated file is an
- *     error that names the file and, where it is one entry that is cut, the key.
+ *   - Sizes are checked up front (a truncated file is an error that names the file and, where it is one entry
+ *     that is cut, the key), and entries must not overlap. CRC-32s are checked as numpy's zipfile does, on
+ *     the first read of an entry: a whole read checks it in the same pass; a range read first reads the entry
+ *     once to check it (once per entry).
  * - `writeNpz(file, arrays)`: stored (or, for tests, deflated) entries, written atomically; ZIP64 records on
  *   request or when sizes need them.
  */
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { writeFileAtomic } from './atomic';
+import { FormatError, guarded } from './errors';
+import { openRegularFile } from './files';
 import { HOST_LE, readFloatsAt, readFully, widenInto, type FloatDType } from './io';
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
@@ -62,6 +66,7 @@ const U16_MAX = 0xffff;
 
 interface ZipEntry {
   readonly name: string;
+  readonly crc: number;
   readonly method: number;
   readonly compressedSize: number;
   readonly size: number;
@@ -125,6 +130,9 @@ function readCentralDirectory(fd: number, file: string, fileSize: number): ZipEn
   let at = 0;
   for (let i = 0; i < count; i++) {
     if (at + 46 > cdSize || cd.getUint32(at, true) !== SIG_CENTRAL) throw notZip(`central directory entry ${i} of ${count} is damaged`);
+    const recordEnd = at + 46 + cd.getUint16(at + 28, true) + cd.getUint16(at + 30, true) + cd.getUint16(at + 32, true);
+    if (recordEnd > cdSize) throw notZip(`central directory entry ${i} of ${count} runs past the directory (${recordEnd} > ${cdSize} bytes)`);
+    const crc = cd.getUint32(at + 16, true);
     const flags = cd.getUint16(at + 8, true);
     const method = cd.getUint16(at + 10, true);
     let compressedSize = cd.getUint32(at + 20, true);
@@ -141,13 +149,15 @@ function readCentralDirectory(fd: number, file: string, fileSize: number): ZipEn
       const len = cd.getUint16(x + 2, true);
       if (id === 1) {
         let p = x + 4;
+        const need = 8 * [size, compressedSize, localOffset].filter((v) => v === U32_MAX).length;
+        if (len < need || x + 4 + len > xEnd) throw notZip(`entry ${name}: its ZIP64 extra field holds ${len} bytes, ${need} needed`);
         if (size === U32_MAX) (size = u64(cd, p, file, `${name} size`)), (p += 8);
         if (compressedSize === U32_MAX) (compressedSize = u64(cd, p, file, `${name} compressed size`)), (p += 8);
         if (localOffset === U32_MAX) localOffset = u64(cd, p, file, `${name} offset`);
       }
       x += 4 + len;
     }
-    entries.push({ name, method, compressedSize, size, localOffset });
+    entries.push({ name, crc, method, compressedSize, size, localOffset });
     at += 46 + nameLen + extraLen + commentLen;
   }
   return entries;
@@ -158,7 +168,12 @@ function dataOffset(fd: number, file: string, fileSize: number, e: ZipEntry): nu
   if (e.localOffset + 30 > fileSize) throw new Error(`${file}: truncated: entry ${e.name} starts at byte ${e.localOffset} but the file has ${fileSize} bytes`);
   const h = readAt(fd, file, e.localOffset, 30);
   if (h.getUint32(0, true) !== SIG_LOCAL) throw new Error(`${file}: entry ${e.name}: no local header at byte ${e.localOffset}`);
-  return e.localOffset + 30 + h.getUint16(26, true) + h.getUint16(28, true);
+  const nameLength = h.getUint16(26, true);
+  if (e.localOffset + 30 + nameLength > fileSize) throw new Error(`${file}: truncated: entry ${e.name}'s local header runs past the end of the file`);
+  // As Python's zipfile: the local header must name the same entry as the central directory.
+  const local = Buffer.from(readAt(fd, file, e.localOffset + 30, nameLength).buffer).toString('utf8');
+  if (local !== e.name) throw new FormatError(file, e.name, `${file}: ${e.name}: the local header at byte ${e.localOffset} names ${JSON.stringify(local.slice(0, 100))}`);
+  return e.localOffset + 30 + nameLength + h.getUint16(28, true);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -221,6 +236,7 @@ function parseNpyHeader(bytes: Uint8Array, where: string): NpyHeader {
       if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${where}: bad shape (${shapeText}) in the .npy header`);
       return n;
     });
+  if (shape.length > 32 || !Number.isSafeInteger(shape.reduce((a, b) => a * b, 1))) throw new Error(`${where}: bad shape (${shapeText.slice(0, 200)}) in the .npy header`);
   return { descr, ...known, shape, headerBytes };
 }
 
@@ -230,10 +246,15 @@ function parseNpyHeader(bytes: Uint8Array, where: string): NpyHeader {
 
 /** Every array of an `.npz` file by key; reads are lazy (see the header). */
 export function readNpz(file: string): NpzArrays {
-  const fd = fs.openSync(file, 'r');
+  return guarded(file, () => indexNpz(file));
+}
+
+function indexNpz(file: string): NpzArrays {
+  const fd = openRegularFile(file);
   const out = new Map<string, NpyArray>();
   try {
     const fileSize = fs.fstatSync(fd).size;
+    const spans: [number, number, string][] = [];
     for (const e of readCentralDirectory(fd, file, fileSize)) {
       if (e.name.endsWith('/')) continue; // a directory entry
       const key = e.name.endsWith('.npy') ? e.name.slice(0, -4) : e.name;
@@ -244,9 +265,21 @@ export function readNpz(file: string): NpzArrays {
         throw new Error(`${where}: truncated: its data ends at byte ${start + e.compressedSize} but the file has ${fileSize} bytes`);
       }
       if (e.method === 0 && e.compressedSize !== e.size) throw new Error(`${where}: a stored entry of ${e.compressedSize} bytes that says it holds ${e.size}`);
-      const array = e.method === 0 ? storedArray(fd, file, key, start, e.size) : deflatedArray(fd, file, key, start, e);
+      // Deflate expands at most ~1032:1: a larger claim is a lie (or a bomb), refused before inflating.
+      if (e.method === 8 && e.size > e.compressedSize * 1032 + 1024) {
+        throw new FormatError(file, key, `${where}: says ${e.compressedSize} deflated bytes hold ${e.size}, beyond deflate's maximum ratio`);
+      }
+      spans.push([e.localOffset, start + e.compressedSize, key]);
+      const array = e.method === 0 ? storedArray(fd, file, key, start, e) : deflatedArray(fd, file, key, start, e);
       if (out.has(key)) throw new Error(`${file}: the key ${key} appears twice`);
       out.set(key, array);
+    }
+    // Entries must not share bytes (overlapping entries are how ZIP bombs multiply; zipfile refuses them).
+    spans.sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < spans.length; i++) {
+      if (spans[i][0] < spans[i - 1][1]) {
+        throw new FormatError(file, spans[i][2], `${file}: entries ${spans[i - 1][2]} and ${spans[i][2]} overlap (bytes ${spans[i][0]}..${spans[i - 1][1]})`);
+      }
     }
   } finally {
     fs.closeSync(fd);
@@ -270,27 +303,72 @@ function checkRange(where: string, n: number, start: number, count: number): voi
   }
 }
 
-function storedArray(fd: number, file: string, key: string, start: number, size: number): NpyArray {
+function storedArray(fd: number, file: string, key: string, start: number, e: ZipEntry): NpyArray {
   const where = `${file}: ${key}`;
+  const size = e.size;
   const pre = new Uint8Array(Math.min(size, 12));
   readFully(fd, file, pre, start);
   const len = npyHeaderLength(pre);
+  if (len > MAX_NPY_HEADER) throw new FormatError(file, key, `${where}: .npy header of ${len} bytes, above ${MAX_NPY_HEADER}`);
   const headerBytes = new Uint8Array(len > 0 && len <= size ? len : pre.length);
   readFully(fd, file, headerBytes, start);
   const h = parseNpyHeader(headerBytes, where);
   const n = checkSize(h, size, where);
+  const elem = ELEMENT_BYTES[h.dtype];
+  let verified = false;
+  /** The whole entry through one scratch buffer: CRC-32 of all of it, the data widened into `out` if given. */
+  const pass = (f: number, out: Float32Array | null): void => {
+    let crc = crc32Update(0xffffffff, headerBytes);
+    const perPiece = Math.floor(PIECE_BYTES / elem);
+    const scratch = new Uint8Array(Math.min(n, perPiece) * elem);
+    for (let from = 0; from < n; from += perPiece) {
+      const count = Math.min(perPiece, n - from);
+      const piece = scratch.subarray(0, count * elem);
+      readFully(f, file, piece, start + h.headerBytes + from * elem);
+      crc = crc32Update(crc, piece);
+      if (out !== null) widenInto(h.dtype, h.le, piece, out.subarray(from, from + count));
+    }
+    checkCrc(file, key, e, (crc ^ 0xffffffff) >>> 0);
+    verified = true;
+  };
+  const withFile = <T>(g: (f: number) => T): T =>
+    guarded(file, () => {
+      const f = openRegularFile(file);
+      try {
+        return g(f);
+      } catch (err) {
+        throw err instanceof FormatError ? err : new Error(`${where}: ${(err as Error).message}`);
+      } finally {
+        fs.closeSync(f);
+      }
+    });
   const readRange = (from: number, count: number): Float32Array => {
     checkRange(where, n, from, count);
-    const f = fs.openSync(file, 'r');
-    try {
-      return readFloatsAt(f, file, start + h.headerBytes + from * ELEMENT_BYTES[h.dtype], count, h.dtype, h.le);
-    } catch (e) {
-      throw new Error(`${where}: ${(e as Error).message}`);
-    } finally {
-      fs.closeSync(f);
-    }
+    return withFile((f) => {
+      if (!verified) pass(f, null);
+      return readFloatsAt(f, file, start + h.headerBytes + from * elem, count, h.dtype, h.le);
+    });
   };
-  return { key, file, shape: h.shape, dtype: h.dtype, descr: h.descr, read: () => readRange(0, n), readRange };
+  const read = (): Float32Array =>
+    withFile((f) => {
+      if (verified) return readFloatsAt(f, file, start + h.headerBytes, n, h.dtype, h.le);
+      const out = new Float32Array(n);
+      pass(f, out);
+      return out;
+    });
+  return { key, file, shape: h.shape, dtype: h.dtype, descr: h.descr, read, readRange };
+}
+
+/** Bytes per piece of a checked read. */
+const PIECE_BYTES = 1 << 26;
+/** numpy refuses .npy headers above 10000 bytes by default (`max_header_size`); we allow a little more. */
+const MAX_NPY_HEADER = 1 << 16;
+
+function checkCrc(file: string, key: string, e: ZipEntry, crc: number): void {
+  if (crc !== e.crc) {
+    const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+    throw new FormatError(file, key, `${file}: ${key}: CRC-32 is ${hex(crc)}, the archive says ${hex(e.crc)} (the entry is corrupt)`);
+  }
 }
 
 function deflatedArray(fd: number, file: string, key: string, start: number, e: ZipEntry): NpyArray {
@@ -306,19 +384,29 @@ function deflatedArray(fd: number, file: string, key: string, start: number, e: 
     }
   };
   // The header from a prefix: a sync flush inflates what it can without needing the end of the stream.
-  const prefix = new Uint8Array(Math.min(e.compressedSize, 1 << 16));
+  // 4 KiB of deflate inflate to at most ~4 MiB; a header it does not cover is parsed after inflating all.
+  const prefix = new Uint8Array(Math.min(e.compressedSize, 1 << 12));
   readFully(fd, file, prefix, start);
-  let head: Uint8Array = zlib.inflateRawSync(prefix, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  let head: Uint8Array;
+  try {
+    head = zlib.inflateRawSync(prefix, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  } catch (err) {
+    throw new FormatError(file, key, `${where}: cannot inflate: ${(err as Error).message}`);
+  }
   const len = npyHeaderLength(head);
   let whole: Uint8Array | null = null;
   const inflateAll = (): Uint8Array => {
     if (whole === null) {
+      let inflated: Uint8Array;
       try {
-        whole = zlib.inflateRawSync(compressed(e.compressedSize));
+        // Never more than the entry says (plus one byte, to notice more).
+        inflated = zlib.inflateRawSync(compressed(e.compressedSize), { maxOutputLength: e.size + 1 });
       } catch (err) {
-        throw new Error(`${where}: cannot inflate: ${(err as Error).message}`);
+        throw new FormatError(file, key, `${where}: cannot inflate: ${(err as Error).message}`);
       }
-      if (whole.length !== e.size) throw new Error(`${where}: inflated to ${whole.length} bytes, the archive says ${e.size}`);
+      if (inflated.length !== e.size) throw new FormatError(file, key, `${where}: inflated to ${inflated.length} bytes, the archive says ${e.size}`);
+      checkCrc(file, key, e, crc32(inflated));
+      whole = inflated;
     }
     return whole;
   };
@@ -365,10 +453,15 @@ const CRC_TABLE = (() => {
   return t;
 })();
 
-function crc32(bytes: Uint8Array): number {
-  let c = 0xffffffff;
+/** Fold `bytes` into a running CRC-32 register (start from 0xffffffff, finish with ^ 0xffffffff). */
+export function crc32Update(c: number, bytes: Uint8Array): number {
   for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  return c;
+}
+
+/** CRC-32 (ZIP's, PNG's) of `bytes`. */
+export function crc32(bytes: Uint8Array): number {
+  return (crc32Update(0xffffffff, bytes) ^ 0xffffffff) >>> 0;
 }
 
 /** float32 -> bfloat16 bits, rounded to nearest even (NaN stays NaN). */

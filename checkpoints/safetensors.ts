@@ -13,7 +13,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { HOST_LE, readFloatsAt, readFully, type FloatDType } from './io';
-import { writeFileAtomic } from './atomic';
+import { writeDirAtomic, writeFileAtomic } from './atomic';
+import { FormatError, guarded } from './errors';
+import { isRegularFile, jsonDepth, openRegularFile, readJsonFile, segmentProblem } from './files';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -61,9 +63,16 @@ export const SAFETENSORS_INDEX_FILE = 'model.safetensors.index.json';
 
 /** The safetensors reference implementation refuses headers above 100 MB. */
 const MAX_HEADER_BYTES = 100_000_000;
+/** More dimensions than any checkpoint has: refused before their product is taken. */
+const MAX_RANK = 16;
 
 const fmt = (s: readonly number[]) => `[${s.join(', ')}]`;
 const describe = (key: string, dtype: string, shape: readonly number[]) => `tensor "${key}" (${dtype} ${fmt(shape)})`;
+/** A JSON value for a message, cut at 200 characters (a header can be 100 MB). */
+const show = (u: unknown): string => {
+  const s = JSON.stringify(u) ?? String(u);
+  return s.length > 200 ? `${s.slice(0, 200)}...` : s;
+};
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'object' && u !== null && !Array.isArray(u);
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -72,7 +81,11 @@ const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === 'obj
 
 /** Index one `.safetensors` file: its header, checked against the file's size. Reads no tensor data. */
 export function readSafetensorsFile(file: string): SafetensorsFile {
-  const fd = openOrThrow(file);
+  return guarded(file, () => indexFile(file));
+}
+
+function indexFile(file: string): SafetensorsFile {
+  const fd = openRegularFile(file);
   try {
     const size = fs.fstatSync(fd).size;
     if (size < 8) throw new Error(`${file}: truncated safetensors file (${size} bytes): no 8-byte header length`);
@@ -86,8 +99,11 @@ export function readSafetensorsFile(file: string): SafetensorsFile {
     const headerBuf = Buffer.alloc(headerBytes);
     readFully(fd, file, headerBuf, 8);
     let header: unknown;
+    const text = headerBuf.toString('utf8');
+    // The header is {key: {dtype, shape, data_offsets}}: 3 levels; refuse deep nesting before parsing it.
+    if (jsonDepth(text, 8) > 8) throw new FormatError(file, 'header', `${file}: header: nested deeper than 8 levels; not a safetensors header`);
     try {
-      header = JSON.parse(headerBuf.toString('utf8'));
+      header = JSON.parse(text);
     } catch (e) {
       throw new Error(`${file}: not a safetensors file (its header is not JSON: ${(e as Error).message})`);
     }
@@ -98,7 +114,7 @@ export function readSafetensorsFile(file: string): SafetensorsFile {
 }
 
 function indexHeader(file: string, header: unknown, dataStart: number, size: number): SafetensorsFile {
-  if (!isRecord(header)) throw new Error(`${file}: safetensors header: expected a JSON object, got ${JSON.stringify(header)}`);
+  if (!isRecord(header)) throw new Error(`${file}: safetensors header: expected a JSON object, got ${show(header)}`);
   const problems: string[] = [];
   const truncated: string[] = [];
   const tensors = new Map<string, SafetensorsTensor>();
@@ -107,26 +123,30 @@ function indexHeader(file: string, header: unknown, dataStart: number, size: num
   for (const [key, entry] of Object.entries(header)) {
     if (key === '__metadata__') {
       if (!isRecord(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
-        problems.push(`__metadata__: expected an object of strings, got ${JSON.stringify(entry)}`);
+        problems.push(`__metadata__: expected an object of strings, got ${show(entry)}`);
       } else metadata = entry as Record<string, string>;
       continue;
     }
     if (!isRecord(entry)) {
-      problems.push(`${key}: expected {dtype, shape, data_offsets}, got ${JSON.stringify(entry)}`);
+      problems.push(`${key}: expected {dtype, shape, data_offsets}, got ${show(entry)}`);
       continue;
     }
     const { dtype, shape, data_offsets: offsets } = entry;
     const okDtype = typeof dtype === 'string' && dtype in DTYPE_BYTES;
     const okShape = Array.isArray(shape) && shape.every((n) => Number.isSafeInteger(n) && n >= 0);
     const okOffsets = Array.isArray(offsets) && offsets.length === 2 && offsets.every((n) => Number.isSafeInteger(n) && n >= 0) && offsets[0] <= offsets[1];
-    if (!okDtype) problems.push(`${key}: dtype: expected one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${JSON.stringify(dtype)}`);
-    if (!okShape) problems.push(`${key}: shape: expected a list of non-negative integers, got ${JSON.stringify(shape)}`);
-    if (!okOffsets) problems.push(`${key}: data_offsets: expected [begin, end] with begin <= end, got ${JSON.stringify(offsets)}`);
+    if (!okDtype) problems.push(`${key}: dtype: expected one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${show(dtype)}`);
+    if (!okShape) problems.push(`${key}: shape: expected a list of non-negative integers, got ${show(shape)}`);
+    if (!okOffsets) problems.push(`${key}: data_offsets: expected [begin, end] with begin <= end, got ${show(offsets)}`);
     if (!okDtype || !okShape || !okOffsets) continue;
     const d = dtype as SafetensorsDType;
     const s = shape as number[];
     const [begin, end] = offsets as [number, number];
     const need = s.reduce((a, b) => a * b, 1) * DTYPE_BYTES[d];
+    if (s.length > MAX_RANK || !Number.isSafeInteger(need)) {
+      problems.push(`${describe(key, d, s)}: shape: more than ${MAX_RANK} dimensions or more bytes than a file can hold`);
+      continue;
+    }
     if (end - begin !== need) {
       problems.push(`${describe(key, d, s)}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes, the dtype and shape need ${need}`);
       continue;
@@ -137,19 +157,32 @@ function indexHeader(file: string, header: unknown, dataStart: number, size: num
     spans.push([begin, end, key]);
     tensors.set(key, makeTensor(file, key, d, s, dataStart + begin, need));
   }
-  spans.sort((a, b) => a[0] - b[0]);
+  spans.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   for (let i = 1; i < spans.length; i++) {
     if (spans[i][0] < spans[i - 1][1]) problems.push(`tensors "${spans[i - 1][2]}" and "${spans[i][2]}" overlap (bytes ${spans[i][0]}..${spans[i - 1][1]})`);
   }
-  if (problems.length > 0) throw new Error(problems.map((p) => `${file}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(file, 'header', problems.map((p) => `${file}: ${p}`).join('\n'));
   if (truncated.length > 0) throw truncationError(file, size, truncated);
+  // As the reference implementation (safetensors `Metadata::validate`): the data region starts right after the
+  // header and the tensors tile it, from offset 0, without gaps, to the end of the file. A header length that is
+  // off by a few bytes would otherwise shift every tensor, and bytes in a gap would be read by nobody.
+  let at = 0;
+  for (const [begin, end, key] of spans) {
+    if (begin !== at) {
+      throw new FormatError(file, 'data_offsets', `${file}: data_offsets: tensor "${key}" starts at ${begin}, expected ${at} (tensors must tile the data region from 0 without gaps)`);
+    }
+    at = end;
+  }
+  if (dataStart + at !== size) {
+    throw new FormatError(file, 'data_offsets', `${file}: data_offsets: the tensors end at byte ${dataStart + at} (header ${dataStart} + data ${at}), but the file has ${size} bytes`);
+  }
   return { file, tensors, metadata };
 }
 
 /** Names the file, its size and the tensors past its end (at most 5, then a count). */
 function truncationError(file: string, size: number, details: readonly string[]): Error {
   const more = details.length > 5 ? `; and ${details.length - 5} more` : '';
-  return new Error(`${file}: truncated safetensors file (${size} bytes): ${details.slice(0, 5).join('; ')}${more}`);
+  return new FormatError(file, 'size', `${file}: truncated safetensors file (${size} bytes): ${details.slice(0, 5).join('; ')}${more}`);
 }
 
 function makeTensor(file: string, key: string, dtype: SafetensorsDType, shape: readonly number[], offset: number, byteLength: number): SafetensorsTensor {
@@ -170,9 +203,13 @@ function makeTensor(file: string, key: string, dtype: SafetensorsDType, shape: r
 // ---------------------------------------------------------------------------------------------------------------
 
 function readFloats(t: SafetensorsTensor, count: number): Float32Array {
+  return guarded(t.file, () => readFloatsOf(t, count));
+}
+
+function readFloatsOf(t: SafetensorsTensor, count: number): Float32Array {
   if (!FLOATS.includes(t.dtype)) throw new Error(`${t.file}: ${describe(t.key, t.dtype, t.shape)} is not a float tensor (F32, BF16, F16, F64)`);
   const elem = DTYPE_BYTES[t.dtype];
-  const fd = openOrThrow(t.file);
+  const fd = openRegularFile(t.file);
   try {
     // The file may have changed since it was indexed.
     const size = fs.fstatSync(fd).size;
@@ -187,14 +224,6 @@ function readFloats(t: SafetensorsTensor, count: number): Float32Array {
 
 /** safetensors' dtype names as the shared widening knows them (safetensors is always little-endian). */
 const FLOAT_DTYPES: Readonly<Record<SafetensorsFloat, FloatDType>> = { BF16: 'bfloat16', F16: 'float16', F32: 'float32', F64: 'float64' };
-
-function openOrThrow(file: string): number {
-  try {
-    return fs.openSync(file, 'r');
-  } catch (e) {
-    throw new Error(`${file}: cannot open: ${(e as Error).message}`);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // A checkpoint directory: model.safetensors, or the shards model.safetensors.index.json lists
@@ -218,23 +247,23 @@ export function readSafetensors(dir: string): SafetensorsTensors {
 
 /** `{"metadata": {...}, "weight_map": {key: shard file name}}` (transformers `save_pretrained`). */
 export function readShardedSafetensors(indexFile: string): SafetensorsTensors {
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
-  } catch (e) {
-    throw new Error(`${indexFile}: cannot read the shard index: ${(e as Error).message}`);
-  }
+  return guarded(indexFile, () => readShards(indexFile));
+}
+
+function readShards(indexFile: string): SafetensorsTensors {
+  const json = readJsonFile(indexFile);
   const weightMap = isRecord(json) ? json['weight_map'] : undefined;
   if (!isRecord(weightMap)) throw new Error(`${indexFile}: expected {"weight_map": {key: shard file}}, got ${JSON.stringify(json)?.slice(0, 200)}`);
   const problems: string[] = [];
   for (const [key, shard] of Object.entries(weightMap)) {
-    if (typeof shard !== 'string' || shard !== path.basename(shard)) problems.push(`weight_map.${key}: expected a shard file name, got ${JSON.stringify(shard)}`);
+    const bad = typeof shard === 'string' ? segmentProblem(shard) : JSON.stringify(shard);
+    if (bad !== null) problems.push(`weight_map.${key}: expected a shard file name, got ${bad}`);
   }
-  if (problems.length > 0) throw new Error(problems.map((p) => `${indexFile}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(indexFile, 'weight_map', problems.map((p) => `${indexFile}: ${p}`).join('\n'));
   const dir = path.dirname(indexFile);
   const shards = [...new Set(Object.values(weightMap) as string[])].sort();
   for (const shard of shards) {
-    if (!fs.existsSync(path.join(dir, shard))) throw new Error(`${indexFile}: lists shard ${shard}, which is not in ${dir}`);
+    if (!isRegularFile(path.join(dir, shard))) throw new FormatError(indexFile, 'weight_map', `${indexFile}: lists shard ${shard}, which is not in ${dir}`);
   }
   const out = new Map<string, SafetensorsTensor>();
   for (const shard of shards) {
@@ -248,7 +277,7 @@ export function readShardedSafetensors(indexFile: string): SafetensorsTensors {
   for (const [key, shard] of Object.entries(weightMap)) {
     if (!out.has(key) && !problems.some((p) => p.includes(`"${key}"`))) problems.push(`weight_map puts "${key}" in ${shard as string}, which has no such tensor`);
   }
-  if (problems.length > 0) throw new Error(problems.map((p) => `${indexFile}: ${p}`).join('\n'));
+  if (problems.length > 0) throw new FormatError(indexFile, 'weight_map', problems.map((p) => `${indexFile}: ${p}`).join('\n'));
   return out;
 }
 
@@ -349,6 +378,16 @@ export function writeSafetensors(file: string, tensors: Iterable<readonly [strin
  * data, a tensor never split) and `model.safetensors.index.json`, as transformers' `save_pretrained` names them.
  */
 export function writeShardedSafetensors(dir: string, tensors: Iterable<readonly [string, TensorToWrite]>, maxShardBytes: number): string[] {
+  let names: string[] = [];
+  writeDirAtomic(dir, (tmp) => (names = fillShardedSafetensors(tmp, tensors, maxShardBytes)), { keep: (n) => !isSafetensorsFile(n) });
+  return names;
+}
+
+/** Weight files of a Hugging Face checkpoint: replaced as a whole when weights are saved. */
+export const isSafetensorsFile = (name: string): boolean => name.endsWith('.safetensors') || name === SAFETENSORS_INDEX_FILE;
+
+/** The shards and the index, written into `dir` (not atomic as a whole: the callers' `writeDirAtomic` is). */
+export function fillShardedSafetensors(dir: string, tensors: Iterable<readonly [string, TensorToWrite]>, maxShardBytes: number): string[] {
   const shards: [string, TensorToWrite][][] = [[]];
   let bytes = 0;
   for (const [key, t] of tensors) {

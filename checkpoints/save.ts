@@ -4,17 +4,13 @@
  * each `vars` group named after its keras layer). Every file is written atomically (temp file + rename).
  * Tensors are read with `await data()`, so it works on every backend, WebGPU included.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as d from '../dsl';
 import type { PaliGemmaParams } from '../models/paligemma';
-import { encodeConfig } from './config';
-import { writeH5, type H5WriteDataset } from './h5write';
-import { inKerasLayout, kerasLayout, parameterCount } from './params';
-import { writeFileAtomic } from './atomic';
+import type { H5WriteDataset } from './h5write';
+import { inKerasLayout, kerasLayout } from './params';
+import { writeKerasPresetFiles } from './dirwrite';
 
 export async function saveKerasPreset(params: PaliGemmaParams, dir: string): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true });
   const specs = kerasLayout(params.config);
   const datasets = new Map<string, H5WriteDataset>();
   const groups = new Map<string, Record<string, string>>();
@@ -27,15 +23,6 @@ export async function saveKerasPreset(params: PaliGemmaParams, dir: string): Pro
     groups.set(s.h5.slice(0, s.h5.lastIndexOf('/')), { name: s.keras.split('/').slice(-2)[0] });
   }
   groups.set('', { name: 'pali_gemma_backbone' });
-  writeH5(path.join(dir, 'model.weights.h5'), datasets, { groups });
-  writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(encodeConfig(params.config), null, 4) + '\n');
-  const metadata = {
-    keras_version: '3.16.0',
-    keras_hub_version: '0.32.0.dev0',
-    parameter_count: parameterCount(params.config),
-    date_saved: new Date().toISOString().replace(/T(\d+):(\d+):(\d+).*/, '@$1:$2:$3'),
-    tasks: ['CausalLM'],
-    saved_by: 'paligemma-ts',
-  };
-  writeFileAtomic(path.join(dir, 'metadata.json'), JSON.stringify(metadata, null, 4) + '\n');
+  writeKerasPresetFiles(dir, params.config, datasets, groups);
 }
+

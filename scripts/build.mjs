@@ -102,10 +102,11 @@ const browserBuild = () =>
   });
 
 // dist is not wiped: parallel builds (and a test run reading dist/spec) must not see it vanish.
-// the specs, and the module ava loads before each of them (package.json "ava.require")
+// the specs, the module ava loads before each of them (package.json "ava.require"), and *.main.ts under
+// spec/: scripts run with node (the fuzzer: npm run fuzz), bundled like the specs
 const specs =
   existsSync(join(root, 'spec')) && !process.argv.includes('--no-specs')
-    ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f === join('spec', 'helpers', 'setup.ts'))
+    ? walk('spec').filter((f) => f.endsWith('.spec.ts') || f.endsWith('.main.ts') || f === join('spec', 'helpers', 'setup.ts'))
     : [];
 await Promise.all([
   esbuild.build({ ...common, entryPoints: [join(root, 'src/index.ts')], outfile: join(root, 'dist/index.js'), sourcemap: false }),

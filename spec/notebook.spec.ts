@@ -9,8 +9,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { tempDir } from './helpers/files';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { webgpuAvailable } from './helpers/backends';
@@ -111,8 +111,7 @@ async function execute(t: ExecutionContext, file: string): Promise<{ outputs: Ou
     t.fail('the notebook imports the built package: run `npm run build` first (npm test does)');
     return undefined;
   }
-  const tmp = mkdtempSync(join(tmpdir(), 'paligemma-notebook-'));
-  t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
+  const tmp = tempDir(t, 'paligemma-notebook-');
   const env = {
     ...process.env,
     JUPYTER_PATH: join(tmp, 'data'),

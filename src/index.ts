@@ -22,6 +22,8 @@ export { initParams } from '../checkpoints/init';
 export { saveKerasPreset } from '../checkpoints/save';
 export { decodeConfig, encodeConfig } from '../checkpoints/config';
 export { readKerasWeights, readPresetConfig } from '../checkpoints/keras';
+export { FormatError } from '../checkpoints/errors';
+export { MAX_IMAGE_PIXELS } from './preprocess/image';
 
 // presets, text, images, generation, training
 export * from './runtime/preset';

@@ -97,7 +97,7 @@ test('errors: wrong types, missing and unknown fields, all listed', (t) => {
   delete json.config.head_dim;
   t.throws(() => decodeConfig(json), {
     message: [
-      'config.json: config.num_layers: expected positive integer, got 2.5',
+      'config.json: config.num_layers: expected positive integer at most 1024, got 2.5',
       'config.json: config.hidden_dim: expected number, got "abc"',
       'config.json: config.head_dim: missing (required)',
       'config.json: config.vit_pooling: expected one of null, "map", "gap", "zero", "0", got "avg"',
@@ -128,21 +128,24 @@ test('errors: the wrapper, and the dtype policy', (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 
 const positive = fc.integer({ min: 1, max: 1 << 16 });
+/** Layer and head counts and image sides, within CONFIG_MAXIMA. */
+const count = fc.integer({ min: 1, max: 1024 });
+const side = fc.integer({ min: 1, max: 8192 });
 /** Finite positive doubles, -0 normalized (JSON cannot tell -0 from 0). */
 const positiveReal = fc.double({ min: 1e-12, max: 1e6, noNaN: true });
 const arbitraryConfig: fc.Arbitrary<PaliGemmaConfig> = fc.record({
   vocabulary_size: positive,
-  image_size: positive,
-  num_layers: positive,
-  num_query_heads: positive,
-  num_key_value_heads: positive,
+  image_size: side,
+  num_layers: count,
+  num_query_heads: count,
+  num_key_value_heads: count,
   hidden_dim: positive,
   intermediate_dim: positive,
   head_dim: positive,
-  vit_patch_size: positive,
-  vit_num_heads: positive,
+  vit_patch_size: side,
+  vit_num_heads: count,
   vit_hidden_dim: positive,
-  vit_num_layers: positive,
+  vit_num_layers: count,
   vit_intermediate_dim: positive,
   vit_pooling: fc.constantFrom(null, 'map', 'gap', 'zero'),
   vit_classifier_activation: fc.constantFrom(null, 'gelu', 'gelu_approximate', 'tanh', 'relu'),

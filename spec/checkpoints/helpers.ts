@@ -4,8 +4,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as os from 'node:os';
 import type { H5WriteDataset } from '../../checkpoints/h5write';
+import { makeTempDir } from '../helpers/files';
 
 export const KERAS_HUB = 'spec/fixtures/keras_hub';
 export const LOCAL = 'spec/checkpoints/fixtures';
@@ -76,11 +76,8 @@ export function readManifest(fixtureDir: string): { weights?: ManifestWeight[]; 
   };
 }
 
-/** A fresh temporary directory, removed by the returned function. */
-export function tempDir(): { dir: string; remove: () => void } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'paligemma-ckpt-'));
-  return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
-}
+/** A fresh temporary directory, removed by the returned function (spec/helpers/files.ts). */
+export const tempDir = (): { dir: string; remove: () => void } => makeTempDir('paligemma-ckpt-');
 
 /** numpy's float32 -> bfloat16 rounding (round to nearest, ties to even), as bits; NaN stays a quiet NaN. */
 export function bf16Bits(x: Float32Array): Uint16Array {

@@ -10,8 +10,8 @@
  * (image.ts `madd32`).
  */
 import test from 'ava';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { tempDir } from '../helpers/files';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import * as jpeg from 'jpeg-js';
@@ -281,7 +281,7 @@ test('JPEG round trip: encode with jpeg-js, decode by magic bytes (not the exten
     }
   }
   const bytes = jpeg.encode({ data: rgba, width, height }, 95).data;
-  const dir = mkdtempSync(join(tmpdir(), 'paligemma-jpeg-'));
+  const dir = tempDir(t, 'paligemma-jpeg-');
   const path = join(dir, 'photo.png'); // a misleading extension on purpose
   writeFileSync(path, bytes);
   const img = readImage(path);
@@ -301,7 +301,7 @@ test('JPEG round trip: encode with jpeg-js, decode by magic bytes (not the exten
 // ---------------------------------------------------------------------------------------------------------
 
 test('bad files: missing, empty, not an image, truncated PNG, corrupt JPEG', (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'paligemma-bad-'));
+  const dir = tempDir(t, 'paligemma-bad-');
   const missing = join(dir, 'missing.png');
   t.throws(() => readImage(missing), { message: `readImage: cannot read '${missing}': ENOENT: no such file or directory, open '${missing}'` });
 
@@ -319,7 +319,7 @@ test('bad files: missing, empty, not an image, truncated PNG, corrupt JPEG', (t)
 
   const corrupt = join(dir, 'corrupt.jpg');
   writeFileSync(corrupt, Buffer.from([0xff, 0xd8, 0xff, 0x00, 0x01, 0x02]));
-  t.throws(() => readImage(corrupt), { message: new RegExp(`^decodeImage: '${corrupt}' is a JPEG that cannot be decoded: `) });
+  t.throws(() => readImage(corrupt), { message: `decodeImage: '${corrupt}' is a truncated JPEG (6 bytes, ends inside marker 0x0)` });
 
   t.throws(() => decodeImage(Buffer.from('GIF89a')), { message: `decodeImage: '<bytes>' is not a PNG or JPEG (first bytes: 47 49 46 38 39 61)` });
 });

@@ -197,7 +197,7 @@ test.serial('an unknown preset: the closest names, literally', async (t) => {
     t.is(thrown(() => fromPreset('gs://bucket/preset')), `fromPreset("gs://bucket/preset"): the gs:// scheme is not supported here. ${FORMS}`);
     t.is(
       thrown(() => fromPreset('kaggle://keras/paligemma')),
-      'fromPreset("kaggle://keras/paligemma"): not a Kaggle model handle; expected kaggle://<owner>/<model>/<framework>/<variation>[/<version>]',
+      'fromPreset("kaggle://keras/paligemma"): not a Kaggle model handle; expected kaggle://<owner>/<model>/<framework>/<variation>[/<version>] (no empty, "." or ".." parts)',
     );
     const missing = path.join(root, 'nowhere');
     t.is(thrown(() => loadPreset(missing)), `fromPreset("${missing}"): ${missing} is not a directory. ${FORMS}`);
@@ -304,7 +304,7 @@ test.serial('Hugging Face cache: refs/main, @revision, the newest snapshot, $HF_
     t.is(resolvePreset('hf://someone/tiny-paligemma@aaaa1111').dir, a);
     fs.writeFileSync(path.join(repo, 'refs/v1'), 'aaaa1111');
     t.is(resolvePreset('hf://someone/tiny-paligemma@v1').dir, a);
-    t.regex(thrown(() => fromPreset('hf://someone/tiny-paligemma@v2')), /no ref or snapshot "v2"; snapshots there: aaaa1111, bbbb2222\n/);
+    t.regex(thrown(() => fromPreset('hf://someone/tiny-paligemma@v2')), /no ref or snapshot "v2"\n/);
     const loaded = fromPreset('hf://someone/tiny-paligemma');
     await assertSameParams(t, loaded, params);
     d.disposeTree(loaded);
@@ -577,7 +577,7 @@ test.serial('preset directories: task.json backbones, and folders that are not p
   t.is(
     thrown(() => fromPreset(empty)),
     `${empty}: not a PaliGemma preset: expected config.json (keras_hub: class_name PaliGemmaBackbone; Hugging Face: model_type paligemma, ` +
-      'with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone; found README.md',
+      'with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone',
   );
   fs.writeFileSync(path.join(empty, 'config.json'), JSON.stringify({ class_name: 'GemmaBackbone', config: {} }));
   t.is(

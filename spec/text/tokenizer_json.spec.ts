@@ -7,8 +7,8 @@
  * with `loadTokenizer(dir)`. Every sentencepiece encode and decode case of the fixture must come out exactly.
  */
 import test from 'ava';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileTempDir } from '../helpers/files';
 import { join } from 'node:path';
 import { loadSentencePiece, loadTokenizer, loadTokenizerJson, readModelProto, type ModelProto } from '../../src/text/tokenizer';
 
@@ -110,7 +110,7 @@ function gemmaTokenizerJson(m: ModelProto, order: MergeOrder, pairs: boolean): R
   };
 }
 
-const tmp = mkdtempSync(join(tmpdir(), 'tokenizer-json-'));
+const tmp = fileTempDir('tokenizer-json-');
 /** A fresh folder holding `files` (name -> JSON value, or bytes). */
 function folder(name: string, files: Record<string, unknown>): string {
   const dir = join(tmp, name);

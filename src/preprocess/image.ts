@@ -31,8 +31,10 @@
  *
  * Layouts: every pixel array is HWC, row-major (`float32[H, W, C]`); a batch is `float32[B, S, S, 3]`.
  */
-import { readFileSync } from 'node:fs';
 import { PNG } from 'pngjs';
+import { FormatError, asFormatError } from '../../checkpoints/errors';
+import { readRegularFile } from '../../checkpoints/files';
+import { crc32 } from '../../checkpoints/npz';
 import * as jpeg from 'jpeg-js';
 import type { Tensor } from '../../dsl/tf';
 
@@ -80,19 +82,49 @@ const startsWith = (bytes: Uint8Array, magic: readonly number[]): boolean =>
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
+/**
+ * The most pixels an image may declare: 2^26 (e.g. 8192 x 8192; PaliGemma looks at 896 x 896 at most). Checked
+ * from the header, before anything is allocated: a 146-byte PNG can declare 20000 x 20000.
+ */
+export const MAX_IMAGE_PIXELS = 1 << 26;
+/** The largest image file read. */
+export const MAX_IMAGE_BYTES = 1 << 28;
+
 /** Read and decode an image file (PNG or JPEG, by content). Errors name the file. */
 export function readImage(path: string): RawImage {
   let bytes: Uint8Array;
   try {
-    bytes = readFileSync(path);
+    bytes = readRegularFile(path, MAX_IMAGE_BYTES);
   } catch (e) {
-    throw new Error(`readImage: cannot read '${path}': ${message(e)}`);
+    const why = e instanceof FormatError && e.cause instanceof Error ? e.cause.message : message(e).replace(`${path}: cannot read: `, '');
+    throw new FormatError(path, 'file', `readImage: cannot read '${path}': ${why}`, { cause: e });
   }
   return decodeImage(bytes, path);
 }
 
 /** Decode the bytes of a PNG or JPEG file, sniffing the magic bytes. `name` only labels errors. */
 export function decodeImage(bytes: Uint8Array, name = '<bytes>'): RawImage {
+  try {
+    return decodeBytes(bytes, name);
+  } catch (e) {
+    if (e instanceof FormatError) throw e;
+    if (e instanceof Error && e.constructor === Error) throw new FormatError(name, 'image', e.message, { cause: e });
+    throw asFormatError(e, name);
+  }
+}
+
+/** A refusal naming the image, the field and the values. */
+const refuse = (name: string, field: string, detail: string): FormatError => new FormatError(name, field, `decodeImage: '${name}' ${detail}`);
+
+/** The pixel budget, checked from the header. */
+function checkPixels(name: string, width: number, height: number): void {
+  if (width === 0 || height === 0) throw refuse(name, 'size', `has zero size (${height}x${width})`);
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw refuse(name, 'size', `declares ${height}x${width} = ${width * height} pixels, above the limit of ${MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS)`);
+  }
+}
+
+function decodeBytes(bytes: Uint8Array, name: string): RawImage {
   if (bytes.length === 0) throw new Error(`decodeImage: '${name}' is empty (0 bytes)`);
   if (startsWith(bytes, PNG_MAGIC)) return decodePng(bytes, name);
   if (startsWith(bytes, JPEG_MAGIC)) return decodeJpeg(bytes, name);
@@ -105,36 +137,78 @@ const scaleSample = (v: number, depth: number): number =>
   depth === 8 ? v : Math.floor((v * 255) / (2 ** depth - 1) + 0.5);
 
 /**
- * Walk the chunk list up to IEND, so that a cut-off file gets a clear message (pngjs reports it as "There
- * are some read requests waitng on finished stream").
+ * Walk the chunk list up to IEND before pngjs sees it: a cut-off file gets a clear message (pngjs reports it
+ * as "There are some read requests waitng on finished stream"), the structure is checked (IHDR first, a PLTE
+ * for palette images, at least one IDAT: pngjs decodes a PNG without IDAT as an all-black picture), the pixel
+ * budget is checked from IHDR, and the compressed data must be able to hold the image (deflate expands at
+ * most ~1032:1) before anything is allocated. CRCs, as libpng by default: a bad CRC in a critical chunk
+ * (IHDR, PLTE, IDAT, IEND) is an error; an ancillary chunk with a bad CRC is dropped (libpng warns and
+ * discards it). Returns the chunks to decode.
  */
-function checkPngChunks(bytes: Uint8Array, name: string): void {
+function checkPngChunks(bytes: Uint8Array, name: string): Uint8Array {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let pos = PNG_MAGIC.length;
+  const kept: Uint8Array[] = [bytes.subarray(0, pos)];
+  let first = true;
+  let idat = 0;
+  let palette = false;
+  let width = 0;
+  let height = 0;
+  let colorType = 0;
+  let depth = 0;
   for (;;) {
     if (pos + 8 > bytes.length) {
-      throw new Error(`decodeImage: '${name}' is a truncated PNG (${bytes.length} bytes, no IEND chunk)`);
+      throw refuse(name, 'IEND', `is a truncated PNG (${bytes.length} bytes, no IEND chunk)`);
     }
     const length = view.getUint32(pos);
     const type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
-    if (pos + 12 + length > bytes.length) {
-      throw new Error(`decodeImage: '${name}' is a truncated PNG (${bytes.length} bytes, ends inside chunk ${type})`);
+    if (length > 0x7fffffff || pos + 12 + length > bytes.length) {
+      throw refuse(name, type, `is a truncated PNG (${bytes.length} bytes, ends inside chunk ${type})`);
     }
+    const stored = view.getUint32(pos + 8 + length);
+    const actual = crc32(bytes.subarray(pos + 4, pos + 8 + length));
+    const critical = (bytes[pos + 4] & 0x20) === 0;
+    if (stored !== actual && critical) {
+      throw refuse(name, type, `is a corrupt PNG: chunk ${JSON.stringify(type)} at byte ${pos} has CRC 0x${actual.toString(16).padStart(8, '0')}, the file says 0x${stored.toString(16).padStart(8, '0')}`);
+    }
+    if (first && type !== 'IHDR') throw refuse(name, 'IHDR', `is a corrupt PNG: the first chunk is ${JSON.stringify(type)}, not IHDR`);
+    if (type === 'IHDR') {
+      if (!first || length !== 13) throw refuse(name, 'IHDR', `is a corrupt PNG: IHDR of ${length} bytes${first ? '' : ' after the first chunk'} (13 expected, once, first)`);
+      width = view.getUint32(pos + 8);
+      height = view.getUint32(pos + 12);
+      depth = bytes[pos + 16];
+      colorType = bytes[pos + 17];
+      checkPixels(name, width, height);
+    }
+    if (type === 'PLTE') palette = true;
+    if (type === 'IDAT') idat += length;
+    first = false;
+    if (stored === actual || critical) kept.push(bytes.subarray(pos, pos + 12 + length));
     pos += 12 + length; // length, type, data, crc
-    if (type === 'IEND') return;
+    if (type === 'IEND') break;
   }
+  if (idat === 0) throw refuse(name, 'IDAT', 'is a corrupt PNG: no IDAT chunk (no image data)');
+  if (colorType === 3 && !palette) throw refuse(name, 'PLTE', 'is a corrupt PNG: a palette image without a PLTE chunk');
+  const samples = [1, 0, 3, 1, 2, 0, 4][colorType] ?? 4;
+  const rowBytes = Math.ceil((width * samples * Math.max(depth, 1)) / 8) + 1; // + the filter byte
+  const needed = rowBytes * height; // without interlacing; Adam7 needs a little more
+  if (needed > idat * 1032 + 1024) {
+    throw refuse(name, 'IDAT', `is a corrupt PNG: ${idat} bytes of IDAT cannot hold ${height}x${width} pixels (${needed} bytes inflated)`);
+  }
+  const keptBytes = kept.reduce((n, k) => n + k.length, 0);
+  return keptBytes === pos ? bytes.subarray(0, pos) : Buffer.concat(kept);
 }
 
-function decodePng(bytes: Uint8Array, name: string): RawImage {
-  checkPngChunks(bytes, name);
+function decodePng(input: Uint8Array, name: string): RawImage {
   // pngjs needs Node (Buffer, zlib); the browser build (paligemma-ts/browser) has its own decoder
   if (typeof Buffer === 'undefined') throw new Error(`decodeImage: '${name}' is a PNG, and PNG bytes decode in Node only; in a browser use decodeImageInBrowser`);
+  const bytes = checkPngChunks(input, name);
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let png: ReturnType<typeof PNG.sync.read> & { transColor?: number[] };
   try {
     png = PNG.sync.read(buffer);
   } catch (e) {
-    throw new Error(`decodeImage: '${name}' is a PNG that cannot be decoded: ${message(e)}`);
+    throw new FormatError(name, 'png', `decodeImage: '${name}' is a PNG that cannot be decoded: ${message(e)}`, { cause: e });
   }
   const { width, height, depth } = png;
   const colorType: number = png.colorType; // @types/pngjs omits 3 (palette), which pngjs does report
@@ -175,13 +249,53 @@ function pick(rgba: Uint8Array, height: number, width: number, channels: Channel
   return { data, height, width, channels };
 }
 
+/**
+ * Walk the JPEG markers up to the first scan: a frame header (SOFn) with a non-zero size within the pixel
+ * budget must come before it, so nothing is allocated for a crafted header, and a file without a scan is
+ * refused rather than decoded as nothing.
+ */
+function checkJpegMarkers(bytes: Uint8Array, name: string): void {
+  let pos = 2;
+  let frame = false;
+  for (;;) {
+    if (pos + 2 > bytes.length) throw refuse(name, 'SOS', `is a truncated JPEG (${bytes.length} bytes, no scan)`);
+    if (bytes[pos] !== 0xff) throw refuse(name, 'marker', `is a corrupt JPEG: expected a marker at byte ${pos}, got 0x${bytes[pos].toString(16)}`);
+    const marker = bytes[pos + 1];
+    if (marker === 0xff) {
+      pos++; // fill byte
+      continue;
+    }
+    if (marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) {
+      pos += 2; // no length
+      continue;
+    }
+    if (marker === 0xd9) throw refuse(name, 'SOS', 'is a corrupt JPEG: it ends (EOI) before any scan');
+    if (pos + 4 > bytes.length) throw refuse(name, 'SOS', `is a truncated JPEG (${bytes.length} bytes, no scan)`);
+    const length = (bytes[pos + 2] << 8) | bytes[pos + 3];
+    if (length < 2 || pos + 2 + length > bytes.length) throw refuse(name, 'marker', `is a truncated JPEG (${bytes.length} bytes, ends inside marker 0x${marker.toString(16)})`);
+    const sof = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+    if (sof) {
+      if (length < 8) throw refuse(name, 'SOF', `is a corrupt JPEG: a frame header of ${length} bytes`);
+      checkPixels(name, (bytes[pos + 7] << 8) | bytes[pos + 8], (bytes[pos + 5] << 8) | bytes[pos + 6]);
+      frame = true;
+    }
+    if (marker === 0xda) {
+      if (!frame) throw refuse(name, 'SOF', 'is a corrupt JPEG: a scan before any frame header');
+      return;
+    }
+    pos += 2 + length;
+  }
+}
+
 function decodeJpeg(bytes: Uint8Array, name: string): RawImage {
+  checkJpegMarkers(bytes, name);
   let img: { width: number; height: number; data: Uint8Array };
   try {
-    // formatAsRGBA false: 3 channels, gray replicated, CMYK / YCCK converted by jpeg-js.
-    img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false });
+    // formatAsRGBA false: 3 channels, gray replicated, CMYK / YCCK converted by jpeg-js. Its own limits
+    // (megapixels, memory) backstop ours.
+    img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6, maxMemoryUsageInMB: 1024 });
   } catch (e) {
-    throw new Error(`decodeImage: '${name}' is a JPEG that cannot be decoded: ${message(e)}`);
+    throw new FormatError(name, 'jpeg', `decodeImage: '${name}' is a JPEG that cannot be decoded: ${message(e)}`, { cause: e });
   }
   if (img.width === 0 || img.height === 0) {
     throw new Error(`decodeImage: '${name}' has zero size (${img.height}x${img.width})`);

@@ -48,6 +48,8 @@ import { validateConfig, type PaliGemmaConfig } from '../../models/config';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, findShippedPreset, type PresetInfo, type ShippedPreset } from '../../checkpoints/presets';
 import { assertFitsBackend } from './backend';
+import { FormatError, guarded } from '../../checkpoints/errors';
+import { MAX_CONFIG_BYTES, joinInside, readJsonFile, readRegularFile, segmentProblem } from '../../checkpoints/files';
 import { tf } from '../../dsl/tf';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -124,8 +126,12 @@ const KAGGLE_FORM = 'kaggle://<owner>/<model>/<framework>/<variation>[/<version>
 /** `kaggle://owner/model/framework/variation[/version]`. */
 export function parseKaggleHandle(handle: string): KaggleHandle {
   const parts = handle.replace(/^kaggle:\/\//, '').split('/');
-  const ok = (parts.length === 4 || parts.length === 5) && parts.every((p) => /^[\w.-]+$/.test(p)) && (parts.length === 4 || /^\d+$/.test(parts[4]));
-  if (!ok) throw new Error(`"${handle}": not a Kaggle model handle; expected ${KAGGLE_FORM}`);
+  // Each part is one directory of kagglehub's cache: `.` and `..` (which match [\w.-]+) would leave it.
+  const ok =
+    (parts.length === 4 || parts.length === 5) &&
+    parts.every((p) => /^[\w.-]+$/.test(p) && segmentProblem(p) === null) &&
+    (parts.length === 4 || /^\d+$/.test(parts[4]));
+  if (!ok) throw new FormatError(handle, 'handle', `"${handle}": not a Kaggle model handle; expected ${KAGGLE_FORM}`);
   const [owner, model, framework, variation, version] = parts;
   return { owner, model, framework, variation, version: version === undefined ? null : Number(version) };
 }
@@ -133,9 +139,13 @@ export function parseKaggleHandle(handle: string): KaggleHandle {
 const handleString = (h: KaggleHandle, version = h.version): string =>
   `${h.owner}/${h.model}/${h.framework}/${h.variation}${version === null ? '' : `/${version}`}`;
 
+/** `<cache>/models/owner/model/framework/variation`, checked to stay inside the cache. */
+const kaggleVariationDir = (h: KaggleHandle): string =>
+  joinInside(path.join(kagglehubCache(), 'models'), [h.owner, h.model, h.framework, h.variation], `kaggle://${handleString(h)}`);
+
 /** The versions of a Kaggle model variation in kagglehub's cache, highest first. */
 function cachedVersions(h: KaggleHandle): number[] {
-  const dir = path.join(kagglehubCache(), 'models', h.owner, h.model, h.framework, h.variation);
+  const dir = kaggleVariationDir(h);
   if (!isDir(dir)) return [];
   return fs
     .readdirSync(dir)
@@ -146,7 +156,7 @@ function cachedVersions(h: KaggleHandle): number[] {
 
 function lookInKaggleCache(h: KaggleHandle, tried: string[]): string | null {
   const where = `kagglehub's cache${env('KAGGLEHUB_CACHE') ? ', $KAGGLEHUB_CACHE' : ''}`;
-  const variationDir = path.join(kagglehubCache(), 'models', h.owner, h.model, h.framework, h.variation);
+  const variationDir = kaggleVariationDir(h);
   const versions = cachedVersions(h);
   if (h.version === null) {
     if (versions.length > 0) return path.join(variationDir, String(versions[0]));
@@ -162,25 +172,29 @@ function lookInKaggleCache(h: KaggleHandle, tried: string[]): string | null {
 
 function lookInHfCache(repo: string, revision: string | null, tried: string[]): string | null {
   const where = `the Hugging Face cache${env('HF_HUB_CACHE') ? ', $HF_HUB_CACHE' : env('HF_HOME') ? ', $HF_HOME/hub' : ''}`;
-  const root = path.join(hfHubCache(), `models--${repo.replace(/\//g, '--')}`);
+  const handle = `hf://${repo}${revision === null ? '' : `@${revision}`}`;
+  const root = joinInside(hfHubCache(), [`models--${repo.replace(/\//g, '--')}`], handle);
   const snapshots = path.join(root, 'snapshots');
   if (!isDir(snapshots)) {
     tried.push(`${snapshots} (${where}): no such directory`);
     return null;
   }
-  const ref = path.join(root, 'refs', revision ?? 'main');
+  const ref = joinInside(path.join(root, 'refs'), (revision ?? 'main').split('/'), handle);
   if (fs.existsSync(ref)) {
-    const commit = fs.readFileSync(ref, 'utf8').trim();
+    // A ref file holds a commit hash; anything else is refused without showing it (it is not ours to print).
+    const commit = guarded(ref, () => readRegularFile(ref, 1024)).toString('utf8').trim();
+    if (!/^[\w.-]+$/.test(commit) || segmentProblem(commit) !== null) {
+      throw new FormatError(ref, 'ref', `${ref}: ref: expected a commit hash (letters, digits, '.', '-', '_'), got ${commit.length} other characters`);
+    }
     const dir = path.join(snapshots, commit);
     if (isDir(dir)) return dir;
     tried.push(`${dir} (refs/${revision ?? 'main'} of ${where}): no such snapshot`);
     return null;
   }
   if (revision !== null) {
-    const dir = path.join(snapshots, revision);
+    const dir = joinInside(snapshots, revision.split('/'), handle);
     if (isDir(dir)) return dir;
-    const have = fs.readdirSync(snapshots).filter((n) => isDir(path.join(snapshots, n)));
-    tried.push(`${dir} (${where}): no ref or snapshot "${revision}"${have.length > 0 ? `; snapshots there: ${have.join(', ')}` : ''}`);
+    tried.push(`${dir} (${where}): no ref or snapshot "${revision}"`);
     return null;
   }
   const newest = fs
@@ -282,13 +296,17 @@ export function resolvePreset(preset: string): ResolvedPreset {
     try {
       h = parseKaggleHandle(preset);
     } catch {
-      throw new Error(`fromPreset("${preset}"): not a Kaggle model handle; expected ${KAGGLE_FORM}`);
+      throw new FormatError(preset, 'handle', `fromPreset("${preset}"): not a Kaggle model handle; expected ${KAGGLE_FORM} (no empty, "." or ".." parts)`);
     }
     return found(lookInKaggleCache(h, tried), findPresetByHandle(preset), kaggleHowTo(handleString(h)));
   }
   if (scheme === 'hf') {
     const m = /^hf:\/\/([\w.-]+\/[\w.-]+)(?:@([\w./-]+))?$/.exec(preset);
-    if (m === null) throw new Error(`fromPreset("${preset}"): not a Hugging Face repo; expected hf://<org>/<repo>[@<revision>]`);
+    // Repo and revision parts become directories of the cache: `.`, `..` and empty parts would leave it.
+    const parts = m === null ? [] : [...m[1].split('/'), ...(m[2]?.split('/') ?? [])];
+    if (m === null || parts.some((p) => segmentProblem(p) !== null)) {
+      throw new FormatError(preset, 'handle', `fromPreset("${preset}"): not a Hugging Face repo; expected hf://<org>/<repo>[@<revision>] (no empty, "." or ".." parts)`);
+    }
     return found(lookInHfCache(m[1], m[2] ?? null, tried), undefined, hfHowTo(m[1], m[2] ?? null));
   }
   if (scheme !== undefined) throw new Error(`fromPreset("${preset}"): the ${scheme}:// scheme is not supported here. ${FORMS}`);
@@ -316,10 +334,12 @@ export function presetFormat(dir: string): PresetFormat {
     throw new Error(`${configFile}: not a PaliGemma config (${what}; expected class_name "PaliGemmaBackbone" or model_type "paligemma")`);
   }
   if (fs.existsSync(taskFile) && taskBackbone(taskFile) !== undefined) return 'keras';
-  const listing = isDir(dir) ? fs.readdirSync(dir).sort().join(', ') || 'nothing' : 'no such directory';
-  throw new Error(
+  // What the directory holds is not listed: it may be any directory of the user's.
+  throw new FormatError(
+    dir,
+    'config.json',
     `${dir}: not a PaliGemma preset: expected config.json (keras_hub: class_name PaliGemmaBackbone; Hugging Face: model_type paligemma, ` +
-      `with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone; found ${listing}`,
+      `with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone${isDir(dir) ? '' : '; no such directory'}`,
   );
 }
 
@@ -331,11 +351,7 @@ function taskBackbone(file: string): unknown {
 }
 
 function readJson(file: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read as JSON: ${(e as Error).message}`);
-  }
+  return readJsonFile(file, MAX_CONFIG_BYTES);
 }
 
 function notOnDiskError(r: ResolvedPreset, extra = ''): Error {
@@ -507,6 +523,15 @@ function guard(preset: string, config: PaliGemmaConfig): void {
   validateConfig(config, `config of fromPreset("${preset}")`); // HF and big_vision configs are not checked on decode
   const count = parameterCount(config);
   assertFitsBackend(count * 4, `fromPreset("${preset}"): ${count.toLocaleString('en-US')} parameters as float32`);
+  // A config within CONFIG_MAXIMA can still describe more parameters than this machine holds: refuse it
+  // before initializers (loadWeights: false) or the weight checks allocate anything.
+  if (count * 4 > os.totalmem()) {
+    throw new FormatError(
+      preset,
+      'config',
+      `fromPreset("${preset}"): the config describes ${count.toLocaleString('en-US')} parameters (${(count * 4 / 2 ** 30).toFixed(1)} GiB as float32), more than this machine's memory (${(os.totalmem() / 2 ** 30).toFixed(1)} GiB)`,
+    );
+  }
 }
 
 /** A preset directory (keras_hub or Hugging Face): `fromPreset(dir)`. */

@@ -37,7 +37,9 @@
  * into the same ModelProto by `src/tokenizer_json.ts` and runs through the same encoder (`loadTokenizerJson`);
  * that file says how merge ranks become scores and where HF's own order could differ.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { FormatError, guarded } from '../../checkpoints/errors';
+import { jsonDepth, MAX_JSON_BYTES, MAX_JSON_DEPTH, readRegularFile } from '../../checkpoints/files';
 import { join } from 'node:path';
 import { tokenizerJsonKind, tokenizerJsonToModelProto } from './tokenizer_json';
 
@@ -298,19 +300,30 @@ export function readModelProto(bytes: Uint8Array, source = 'SentencePiece model'
   let trainerSpec = DEFAULT_TRAINER_SPEC;
   let normalizerSpec = DEFAULT_NORMALIZER_SPEC;
   let denormalizerSpec: NormalizerSpec | undefined;
+  const seen = new Set<number>();
   try {
     forEachField(c, bytes.length, (field, v) => {
-      if (field === 1) pieces.push(subMessage(c, v, 'ModelProto.pieces', readPiece));
-      else if (field === 2) trainerSpec = subMessage(c, v, 'ModelProto.trainer_spec', readTrainerSpec);
+      seen.add(field);
+      if (field === 1) {
+        if (pieces.length >= MAX_PIECES) throw new WireError(`more than ${MAX_PIECES} pieces`);
+        pieces.push(subMessage(c, v, 'ModelProto.pieces', readPiece));
+      } else if (field === 2) trainerSpec = subMessage(c, v, 'ModelProto.trainer_spec', readTrainerSpec);
       else if (field === 3) normalizerSpec = subMessage(c, v, 'ModelProto.normalizer_spec', readNormalizerSpec);
       else if (field === 5) denormalizerSpec = subMessage(c, v, 'ModelProto.denormalizer_spec', readNormalizerSpec);
+      // Skipping unknown fields (proto's rule) would drop a damaged piece and shift every id after it.
+      else if (field === 4) expectWire(v, 'len', 'ModelProto.self_test_data');
+      else throw new WireError(`unknown ModelProto field ${field}`);
     });
+    // Every model sentencepiece's trainer writes has both specs; a file without them is cut short (protobuf
+    // has no end marker), and proto2 defaults would silently make another tokenizer (UNIGRAM, dummy prefix).
+    if (pieces.length > 0 && !seen.has(2)) throw new WireError('no trainer_spec (a cut-off file?)');
+    if (pieces.length > 0 && !seen.has(3)) throw new WireError('no normalizer_spec (a cut-off file?)');
     const model: ModelProto = { pieces, trainerSpec, normalizerSpec, ...(denormalizerSpec && { denormalizerSpec }) };
     checkPieces(model);
     return model;
   } catch (e) {
     if (e instanceof WireError) {
-      throw new Error(`tokenizer: ${source} is not a SentencePiece ModelProto (${e.message})`);
+      throw new FormatError(source, 'ModelProto', `tokenizer: ${source} is not a SentencePiece ModelProto (${e.message})`);
     }
     throw e;
   }
@@ -729,16 +742,26 @@ export interface Tokenizer {
 
 /** Reads a SentencePiece model and refuses, naming `source`, what this tokenizer does not reproduce. */
 export function loadSentencePiece(bytes: Uint8Array, source = 'SentencePiece model'): Tokenizer {
-  return fromModelProto(readModelProto(bytes, source), source);
+  return guarded(source, () => fromModelProto(readModelProto(bytes, source), source));
 }
+
+/** Far above Gemma's 257152 pieces; refused before they are read. */
+export const MAX_PIECES = 1 << 22;
 
 /**
  * Reads a Hugging Face `tokenizer.json` (its text, or the parsed object) of Gemma's BPE form into the same
  * tokenizer; refuses, naming `source` and the field, any other form (see src/tokenizer_json.ts).
  */
 export function loadTokenizerJson(json: string | unknown, source = 'tokenizer.json'): Tokenizer {
+  return guarded(source, () => tokenizerFromJson(json, source));
+}
+
+function tokenizerFromJson(json: string | unknown, source: string): Tokenizer {
   let parsed = json;
   if (typeof json === 'string') {
+    if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+      throw new FormatError(source, 'json', `tokenizer: ${source} is nested deeper than ${MAX_JSON_DEPTH} levels; not a tokenizer.json`);
+    }
     try {
       parsed = JSON.parse(json);
     } catch (e) {
@@ -817,18 +840,22 @@ const MODEL_FILES = ['assets/tokenizer/vocabulary.spm', 'vocabulary.spm', 'token
  */
 export function loadTokenizer(pathOrDir: string): Tokenizer {
   const isFile = (p: string): boolean => existsSync(p) && statSync(p).isFile();
-  const load = (p: string): Tokenizer => loadSentencePiece(new Uint8Array(readFileSync(p)), p);
+  const load = (p: string): Tokenizer => loadSentencePiece(new Uint8Array(guarded(p, () => readRegularFile(p, MAX_JSON_BYTES))), p);
   /** `presetVocabulary`: the error's hint on a Keras config, where the preset keeps its vocabulary. */
   const loadJson = (p: string, presetVocabulary = 'its assets/tokenizer/vocabulary.spm'): Tokenizer => {
+    const text = guarded(p, () => readRegularFile(p, MAX_JSON_BYTES)).toString('utf8');
+    if (jsonDepth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+      throw new FormatError(p, 'json', `tokenizer: ${p} is nested deeper than ${MAX_JSON_DEPTH} levels; not a tokenizer.json`);
+    }
     let json: unknown;
     try {
-      json = JSON.parse(readFileSync(p, 'utf8'));
+      json = JSON.parse(text);
     } catch (e) {
-      throw new Error(`tokenizer: ${p} is not JSON (${(e as Error).message})`);
+      throw new FormatError(p, 'json', `tokenizer: ${p} is not JSON (${(e as Error).message})`);
     }
     const kind = tokenizerJsonKind(json);
     if (kind.kind === 'keras') {
-      throw new Error(
+      throw new FormatError(p, 'class_name', 
         `tokenizer: ${p} is a Keras tokenizer config (class_name ${kind.className}), not a Hugging Face ` +
           `tokenizer.json; the preset's vocabulary is ${presetVocabulary}`,
       );

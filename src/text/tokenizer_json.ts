@@ -41,6 +41,7 @@
  * decoders other than Gemma's, added tokens with lstrip / rstrip / single_word or holding a space or '▁'.
  */
 import type { ModelProto, PieceType, SentencePiece } from './tokenizer';
+import { FormatError } from '../../checkpoints/errors';
 
 type JsonObject = Record<string, unknown>;
 const isObject = (v: unknown): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -81,7 +82,7 @@ const isNoOpSplit = (p: unknown): boolean =>
  * SentencePiece model has them). Throws, naming `source` and the field, what the encoder cannot reproduce.
  */
 export function tokenizerJsonToModelProto(json: unknown, source: string): ModelProto {
-  const refuse = (field: string, what: string): Error => new Error(`tokenizer: ${source}: ${field} ${what}`);
+  const refuse = (field: string, what: string): Error => new FormatError(source, field, `tokenizer: ${source}: ${field} ${what}`);
   const kind = tokenizerJsonKind(json);
   if (kind.kind === 'keras') {
     throw new Error(
@@ -131,7 +132,8 @@ export function tokenizerJsonToModelProto(json: unknown, source: string): ModelP
   const vocab = new Map<string, number>();
   const byId: (string | undefined)[] = [];
   for (const [token, id] of Object.entries(model.vocab)) {
-    if (!Number.isInteger(id) || (id as number) < 0) throw refuse(`model.vocab[${show(token)}]`, `is ${show(id)}, not an id`);
+    // ids index an array: bounded (far above Gemma's 257152) so a crafted id cannot make it huge.
+    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= 1 << 22) throw refuse(`model.vocab[${show(token)}]`, `is ${show(id)}, not an id (0..${(1 << 22) - 1})`);
     if (byId[id as number] !== undefined) {
       throw refuse(`model.vocab[${show(token)}]`, `has id ${id}, already ${show(byId[id as number])}`);
     }
@@ -145,7 +147,7 @@ export function tokenizerJsonToModelProto(json: unknown, source: string): ModelP
   const normalizedFlags = new Set<boolean>();
   added.forEach((t: unknown, i) => {
     const field = `added_tokens[${i}]`;
-    if (!isObject(t) || typeof t.content !== 'string' || t.content === '' || !Number.isInteger(t.id) || (t.id as number) < 0) {
+    if (!isObject(t) || typeof t.content !== 'string' || t.content === '' || !Number.isInteger(t.id) || (t.id as number) < 0 || (t.id as number) >= 1 << 22) {
       throw refuse(field, `is ${show(t)}, not {id, content, ...}`);
     }
     for (const f of ['lstrip', 'rstrip', 'single_word']) {

@@ -1,0 +1,4 @@
+import test from 'ava';
+import { fuzzReader } from './readers';
+
+test('tokenizer.json: mutated files give a typed error naming the file, or load what the seed holds', (t) => fuzzReader(t, 'tokenizer.json', 300));
