@@ -55,14 +55,14 @@ const BTREE_BYTES = 8 + 2 * W.offsets + (2 * W.internalK + 1) * W.lengths + 2 * 
 const SUPERBLOCK_BYTES = 24 + 4 * W.offsets + ENTRY_BYTES;
 const HEAP_HEADER_BYTES = 8 + 2 * W.lengths + W.offsets;
 const GCOL_MIN_BYTES = 4096; // HDF5 never makes a smaller collection
-const FLOAT32_TYPE = Buffer.from([0x11, 0x20, 0x1f, 0x00, 4, 0, 0, 0, 0, 0, 32, 0, 23, 8, 0, 23, 127, 0, 0, 0]);
+const FLOAT32_TYPE = /* @__PURE__ */ Buffer.from([0x11, 0x20, 0x1f, 0x00, 4, 0, 0, 0, 0, 0, 32, 0, 23, 8, 0, 23, 127, 0, 0, 0]);
 /** Fixed-point v1, little-endian, signed, 8 bytes, offset 0, precision 64 (h5py's `<i8`). */
-const INT64_TYPE = Buffer.from([0x10, 0x08, 0x00, 0x00, 8, 0, 0, 0, 0, 0, 64, 0]);
+const INT64_TYPE = /* @__PURE__ */ Buffer.from([0x10, 0x08, 0x00, 0x00, 8, 0, 0, 0, 0, 0, 64, 0]);
 const bytesPerElement = (d: { values: unknown }) => (d.values instanceof BigInt64Array ? 8 : 4);
 /** Variable-length UTF-8 string over 1-byte unsigned integers (what h5py writes for `str`). */
-const VLEN_UTF8_TYPE = Buffer.from([0x19, 0x01, 0x01, 0x00, 16, 0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 8, 0]);
+const VLEN_UTF8_TYPE = /* @__PURE__ */ Buffer.from([0x19, 0x01, 0x01, 0x00, 16, 0, 0, 0, 0x10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 8, 0]);
 /** Fill value message v2: allocation late, fill if set, default value (as h5py writes it). */
-const FILL_VALUE = Buffer.from([2, 2, 2, 1, 0, 0, 0, 0]);
+const FILL_VALUE = /* @__PURE__ */ Buffer.from([2, 2, 2, 1, 0, 0, 0, 0]);
 
 interface PlannedAttr {
   readonly name: Buffer;

@@ -128,23 +128,26 @@ test('errors: the wrapper, and the dtype policy', (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 
 const positive = fc.integer({ min: 1, max: 1 << 16 });
-/** Layer and head counts and image sides, within CONFIG_MAXIMA. */
+/** Layer and head counts, within CONFIG_MAXIMA (1024). */
 const count = fc.integer({ min: 1, max: 1024 });
-const side = fc.integer({ min: 1, max: 8192 });
+/** Factors whose products below stay within CONFIG_MAXIMA: 32 x 32 heads, 90 x 90 px, 1024 x 256 widths. */
+const factor = fc.integer({ min: 1, max: 32 });
+const side = fc.integer({ min: 1, max: 90 });
+const perHead = fc.integer({ min: 1, max: 256 });
 /** Finite positive doubles, -0 normalized (JSON cannot tell -0 from 0). */
 const positiveReal = fc.double({ min: 1e-12, max: 1e6, noNaN: true });
 const arbitraryConfig: fc.Arbitrary<PaliGemmaConfig> = fc.record({
   vocabulary_size: positive,
   image_size: side,
   num_layers: count,
-  num_query_heads: count,
-  num_key_value_heads: count,
+  num_query_heads: factor,
+  num_key_value_heads: factor,
   hidden_dim: positive,
   intermediate_dim: positive,
   head_dim: positive,
   vit_patch_size: side,
   vit_num_heads: count,
-  vit_hidden_dim: positive,
+  vit_hidden_dim: perHead,
   vit_num_layers: count,
   vit_intermediate_dim: positive,
   vit_pooling: fc.constantFrom(null, 'map', 'gap', 'zero'),

@@ -242,7 +242,7 @@ test.serial('presets: every preset, its size, whether it is here, and what it ne
     `  tiny: ${tiny}`,
     `  pali_gemma_3b_224: ${path.join(root, 'pali_gemma_3b_224')}`,
     `  pali_gemma_3b_448: not usable: ${path.join(root, 'pali_gemma_3b_448')}: not a PaliGemma preset: expected config.json ` +
-      '(keras_hub: class_name PaliGemmaBackbone; Hugging Face: model_type paligemma, with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone; found nothing',
+      '(keras_hub: class_name PaliGemmaBackbone; Hugging Face: model_type paligemma, with *.safetensors) or a keras_hub task.json whose backbone is a PaliGemmaBackbone',
   ]);
   // 28B at 896 px: the decoder's 32 query heads over 4096 image + 64 text tokens outweigh the ViT's 16 heads
   // over 4096 patches; scores and softmax in float32, on top of the weights
