@@ -6,6 +6,8 @@
  * native session the package itself wraps (`dist/binding`: loadModel, run) with the same options.
  */
 import * as os from 'node:os';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 export type OrtType = 'float32' | 'int32' | 'bool' | 'int64';
 
@@ -76,10 +78,30 @@ export interface Session {
   release(): void;
 }
 
+let telemetryLogRemoved = false;
+/**
+ * onnxruntime's bundled telemetry library (1DS, "MATSDK") creates an empty `mat-debug-<pid>.log` in /tmp when
+ * the runtime initialises and never removes it: one file per process. It stays open inside the runtime; we
+ * unlink its name (only when empty), so no process of ours leaves one behind.
+ */
+function removeTelemetryLog(): void {
+  if (telemetryLogRemoved) return;
+  telemetryLogRemoved = true;
+  for (const dir of new Set(['/tmp', os.tmpdir()])) {
+    const file = path.join(dir, `mat-debug-${process.pid}.log`);
+    try {
+      if (fs.statSync(file).size === 0) fs.unlinkSync(file);
+    } catch {
+      // not there (another platform, another build of onnxruntime)
+    }
+  }
+}
+
 /** A session over a serialized model: every graph optimisation, `threads` intra-op threads, CPU. */
 export function createSession(model: Uint8Array, threads = onnxThreads()): Session {
   const { ort, native } = onnxRuntime();
   native.initOrt();
+  removeTelemetryLog();
   const s = new native.binding.InferenceSession();
   s.loadModel(model.buffer as ArrayBuffer, model.byteOffset, model.byteLength, {
     graphOptimizationLevel: 'all',

@@ -2,6 +2,8 @@
  * d.jit: traced once per signature onto onnxruntime; every keras_hub fixture's forward (sequence_output,
  * logits) and the `grad` fixture's loss and gradients through the compiled path; literal errors; memory.
  */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import test from 'ava';
 import { tf } from '../../dsl/tf';
@@ -118,4 +120,16 @@ test.serial('jit: reading a traced value on the host is an error', (t) => {
     message: 'jit: the traced function reads a [3, 4] float32 tensor that depends on its inputs back to the host (dataSync/data/arraySync); a compiled function must stay in tensors',
   });
   a.dispose();
+});
+
+test('a process that ran a compiled function leaves no onnxruntime telemetry log (mat-debug-<pid>.log) in /tmp', (t) => {
+  const lib = JSON.stringify(path.resolve('dist', 'index.js'));
+  const script = `const { d, tf } = require(${lib});
+const f = d.jit((x) => d.scale(x, 2));
+const x = d.named(tf.tensor([1, 2], [2]), ['a']);
+console.log(Array.from(f(x).tensor.dataSync()).join(','));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, '2,4\n');
+  t.false(existsSync(`/tmp/mat-debug-${r.pid}.log`));
 });
