@@ -165,12 +165,12 @@ test('dist/browser.mjs keeps Node out: only the stubs of Node-only branches rema
   t.false(code.includes('"node:'));
   const stubs = [...code.matchAll(/"((?:fs|path|os|module|zlib|pngjs|url|util|crypto|webgpu)\.[A-Za-z]+)"/g)].map((m) => m[1]);
   // backend.ts' Node set-up (createRequire, the runtime dir: behind isNode), loadImage's file names and PNG
-  // bytes (pngjs), tokenizer file names, the regular-file reader behind paths (checkpoints/files.ts), onnxruntime's thread count (the onnx backend is Node's), the
+  // bytes (pngjs), tokenizer file names, the regular-file reader behind paths (checkpoints/files.ts), onnxruntime's thread count and telemetry log (the onnx backend is Node's), the
   // machine's memory (generate's bound on cpu: behind inNode): none on the browser path. No reader of
   // checkpoint files is left.
   t.deepEqual([...new Set(stubs)].sort(), [
     'fs.closeSync', 'fs.constants', 'fs.fstatSync', 'fs.lstatSync', 'fs.mkdirSync', 'fs.mkdtempSync', 'fs.openSync',
-    'fs.readFileSync', 'fs.readSync', 'fs.readdirSync', 'fs.rmSync',
+    'fs.readFileSync', 'fs.readSync', 'fs.readdirSync', 'fs.rmSync', 'fs.statSync', 'fs.unlinkSync',
     'module.createRequire', 'os.availableParallelism', 'os.cpus', 'os.homedir', 'os.tmpdir', 'os.totalmem', 'path.dirname', 'path.join', 'pngjs.PNG',
   ]);
   t.true(code.length < 1.5 * 2 ** 20, `${code.length} bytes`);
