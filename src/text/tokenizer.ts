@@ -235,7 +235,13 @@ function readPiece(c: Cursor, end: number): SentencePiece {
   let piece = '';
   let score = 0;
   let type: PieceType = 'NORMAL';
+  // sentencepiece writes each of the three fields at most once; a repeated or unknown one (protobuf would
+  // read "last wins" or skip it) means the piece's length swallowed its neighbours: refused, not guessed
+  const seen = new Set<number>();
   forEachField(c, end, (field, v) => {
+    if (field < 1 || field > 3) throw new WireError(`piece ${JSON.stringify(piece)} has an unknown field ${field}`);
+    if (seen.has(field)) throw new WireError(`piece ${JSON.stringify(piece)} has field ${field} twice`);
+    seen.add(field);
     if (field === 1) piece = asString(c, v, 'SentencePiece.piece');
     else if (field === 2) score = asFloat(c, v, 'SentencePiece.score');
     else if (field === 3) {
