@@ -12,10 +12,8 @@ import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import { backbone, prefixLmMask, prefixLmMaskOps, prefixLmMaskValues, type PaliGemmaParams } from '../../models/paligemma';
+import { backbone, prefixLmMask, prefixLmMaskOps, prefixLmMaskValues } from '../../models/paligemma';
 import { withCache } from '../../models/gemma';
-import type { Images } from '../../models/siglip';
-import { readBin, type BinEntry } from '../../src/cli/fixture';
 import { fromPreset, fromPresetAsync, loadPreset } from '../../src/runtime/preset';
 import { formatBytes, setBackend, setMaxTensorBytes } from '../../src/runtime/backend';
 import { checkGenerationBounds, generate, MAX_POSITIONS, type TokenEvent } from '../../src/generate/generate';
@@ -24,21 +22,10 @@ import { readImage } from '../../src/preprocess/image';
 import { main, type Io } from '../../src/cli/cli';
 import { backendTest, test } from '../helpers/backends';
 import { tempDir } from '../helpers/files';
+import { DIR, T, list, paddingMask, runTokens, tokenIds, withModel } from './fixture';
 
-const DIR = 'spec/fixtures/text/generate';
-const T = 24;
-const manifest = JSON.parse(fs.readFileSync(path.join(DIR, 'manifest.json'), 'utf8')) as {
-  inputs: Record<'images' | 'token_ids' | 'padding_mask', BinEntry>;
-  runs: Record<string, { outputs: { token_ids: BinEntry } }>;
-};
-const bin = (e: BinEntry) => readBin(DIR, e);
-const rowsOf = (flat: ArrayLike<number>, width: number): number[][] =>
-  Array.from({ length: flat.length / width }, (_, r) => Array.from(flat).slice(r * width, (r + 1) * width));
-const tokenIds = rowsOf(bin(manifest.inputs.token_ids), T);
-const paddingMask = rowsOf(bin(manifest.inputs.padding_mask), T);
-const GREEDY0 = rowsOf(bin(manifest.runs.greedy.outputs.token_ids), T)[0]; // keras_hub's row 0
-const ROW1 = rowsOf(bin(manifest.runs.greedy_row1_alone.outputs.token_ids), T)[0];
-const list = (a: ArrayLike<number>) => Array.from(a);
+const GREEDY0 = runTokens('greedy')[0]; // keras_hub's row 0
+const ROW1 = runTokens('greedy_row1_alone')[0];
 const thrown = async (f: () => unknown): Promise<string> => {
   try {
     await f();
@@ -47,17 +34,6 @@ const thrown = async (f: () => unknown): Promise<string> => {
   }
   return 'no error';
 };
-
-async function withModel(fn: (p: PaliGemmaParams, images: Images) => Promise<void>): Promise<void> {
-  const params = loadPreset(path.join(DIR, 'preset'));
-  const images = d.named(tf.tensor(bin(manifest.inputs.images) as Float32Array, [...manifest.inputs.images.shape]), ['batch', 'height', 'width', 'channels'] as const);
-  try {
-    await fn(params, images);
-  } finally {
-    images.dispose();
-    d.disposeTree(params);
-  }
-}
 
 // -------------------------------------------------------------------------------------------------
 // finish reasons, maxNewTokens, streaming

@@ -3,8 +3,6 @@
  * sessions (prefill, decode step), equal to the eager path; and 200 compiled decode steps with a flat
  * tensor count and flat RSS.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import test from 'ava';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -12,35 +10,10 @@ import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
 import { generate, topK, topP, type GenerateOptions } from '../../src/generate/generate';
 import { compiledGeneration, decodeStepCompiled, prefillCompiled } from '../../src/generate/compiled';
-import { readBin, type BinEntry } from '../../src/cli/fixture';
-import { loadPreset } from '../../src/runtime/preset';
 import { assertClose } from '../helpers/numeric';
+import { T, bin, list, manifest, paddingMask, rowsOf, runTokens, tokenIds, withModel } from './fixture';
 
-const DIR = 'spec/fixtures/text/generate';
-const T = 24;
 const VOCAB = 2352;
-const manifest = JSON.parse(fs.readFileSync(path.join(DIR, 'manifest.json'), 'utf8')) as {
-  inputs: Record<'images' | 'token_ids' | 'padding_mask', BinEntry>;
-  runs: Record<string, { outputs: { token_ids: BinEntry }; decode?: { logits: BinEntry }; sampling?: { uniforms: BinEntry } }>;
-};
-const bin = (e: BinEntry) => readBin(DIR, e);
-const rowsOf = (flat: ArrayLike<number>, width: number): number[][] =>
-  Array.from({ length: flat.length / width }, (_, r) => Array.from(flat).slice(r * width, (r + 1) * width));
-const tokenIds = rowsOf(bin(manifest.inputs.token_ids), T);
-const paddingMask = rowsOf(bin(manifest.inputs.padding_mask), T);
-const runTokens = (name: string) => rowsOf(bin(manifest.runs[name].outputs.token_ids), T);
-const list = (a: ArrayLike<number>) => Array.from(a);
-
-async function withModel(fn: (p: PaliGemmaParams, images: Images) => Promise<void>): Promise<void> {
-  const params = loadPreset(path.join(DIR, 'preset'));
-  const images = d.named(tf.tensor(bin(manifest.inputs.images) as Float32Array, [...manifest.inputs.images.shape]), ['batch', 'height', 'width', 'channels'] as const);
-  try {
-    await fn(params, images);
-  } finally {
-    images.dispose();
-    d.disposeTree(params);
-  }
-}
 
 const run = (p: PaliGemmaParams, images: Images, options: GenerateOptions) => generate(p, { images, tokenIds, paddingMask }, options);
 

@@ -16,7 +16,7 @@ import { imageSequenceLength } from '../../models/config';
 import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
 import { backbone, decode, embedInputs, logits, lookup, type BackboneInputs, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
-import { head, type LayerCache, type StepOutput } from './generate';
+import { head, int32Rows, type LayerCache, type StepOutput } from './generate';
 
 type Rows2 = Named<readonly ['batch', 'seq']>;
 
@@ -86,9 +86,6 @@ const decodeJit = d.jit(decodeStepPure, { name: 'decode_step' });
 
 /** The sessions behind compiled generation (traces, stats), e.g. to check that decode traced once. */
 export const compiledGeneration = { forward: forwardJit, prefill: prefillJit, decodeStep: decodeJit };
-
-const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
-  tf.tensor2d(Int32Array.from({ length: rows.length * width }, (_, i) => rows[Math.floor(i / width)][i % width] ?? 0), [rows.length, width], 'int32');
 
 /** generate.ts `prefill`, compiled: same arguments, same result. */
 export function prefillCompiled(

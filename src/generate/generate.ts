@@ -246,7 +246,8 @@ export function transposedEmbedding(p: PaliGemmaParams): TransposedEmbedding | u
   return p.token_embedding.map((shard) => d.named(tf.transpose(shard.tensor), ['embed', 'vocab'] as const));
 }
 
-const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
+/** Host rows as an int32 [rows, width] tensor, short rows padded with 0. */
+export const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
   tf.tensor2d(Int32Array.from({ length: rows.length * width }, (_, i) => rows[Math.floor(i / width)][i % width] ?? 0), [rows.length, width], 'int32');
 
 /**
