@@ -84,9 +84,12 @@ const binary = (op: string, dtype?: tf.DataType): KernelSpec => ({
   emit: (e, i, _a, [o]) => e.node(op, [e.name(i.a), e.name(i.b)], [o]),
 });
 
+/** A reduction's axes: tfjs' Max names its attribute `reductionIndices`, the other reductions `axis`. */
+const reductionAxes = (a: Attrs, rank: number): number[] => normAxes('reductionIndices' in a ? a.reductionIndices : a.axis, rank);
+
 const reduceInfer = (dtype?: tf.DataType) => (i: Inputs, a: Attrs): Out[] => {
   const x = first(i);
-  const axes = normAxes(a.axis, x.shape.length);
+  const axes = reductionAxes(a, x.shape.length);
   const shape = a.keepDims ? x.shape.map((s, k) => (axes.includes(k) ? 1 : s)) : x.shape.filter((_, k) => !axes.includes(k));
   return [{ shape, dtype: dtype ?? x.dtype }];
 };
@@ -96,7 +99,7 @@ const reduce = (op: string): KernelSpec => ({
   infer: reduceInfer(),
   emit: (e, i, a, [o]) => {
     const x = first(i);
-    e.node(op, [e.name(x)], [o], { axes: ints(normAxes(a.axis, x.shape.length)), keepdims: int(a.keepDims ? 1 : 0) });
+    e.node(op, [e.name(x)], [o], { axes: ints(reductionAxes(a, x.shape.length)), keepdims: int(a.keepDims ? 1 : 0) });
   },
 });
 

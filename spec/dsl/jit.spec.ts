@@ -89,6 +89,28 @@ test.serial('jit: one trace per signature (shapes, dtypes, structure, static lea
   f.dispose();
 });
 
+test.serial('jit: reductions over one axis (Max keeps its axes in `reductionIndices`): max, logSumExp, logSoftmax, sum equal eager', (t) => {
+  // before the fix, a traced tf.max(x, 1, true) reduced every axis: [1, 1], which logSumExp could not
+  // reshape, and logSoftmax silently subtracted the global maximum
+  const f = d.jit((x: Named<readonly ['a', 'b']>) => ({
+    max: tf.max(x.tensor, 1, true),
+    min: tf.min(x.tensor, 0),
+    lse: tf.logSumExp(x.tensor, 1),
+    logSoftmax: tf.logSoftmax(x.tensor, 1),
+    sum: tf.sum(x.tensor, 0),
+  }));
+  const a = x34();
+  const got = f(a);
+  const want = { max: tf.max(a.tensor, 1, true), min: tf.min(a.tensor, 0), lse: tf.logSumExp(a.tensor, 1), logSoftmax: tf.logSoftmax(a.tensor, 1), sum: tf.sum(a.tensor, 0) };
+  for (const k of Object.keys(want) as (keyof typeof want)[]) {
+    t.deepEqual(got[k].shape, want[k].shape, `${k} shape`);
+    assertClose(t, got[k].dataSync() as Float32Array, want[k].dataSync() as Float32Array, 1e-6, 0, k);
+  }
+  t.deepEqual(got.max.shape, [3, 1]);
+  tf.dispose([a.tensor, ...Object.values(got), ...Object.values(want)]);
+  f.dispose();
+});
+
 test.serial('jit: host values computed during the trace are constants; closed-over tensors too', (t) => {
   const w = tf.tensor([1, 2, 3, 4], [4]);
   const f = d.jit((x: Named<readonly ['a', 'b']>) => d.named(tf.add(tf.mul(x.tensor, w), tf.tensor([10, 20, 30, 40], [4])), x.axes));

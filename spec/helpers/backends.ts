@@ -1,6 +1,7 @@
 /**
- * Register an ava test once per backend: `backendTest(title, impl, { webgpu: true })` registers
- * `${title} [cpu]`, `${title} [wasm]` and, when asked for and available, `${title} [webgpu]`.
+ * Register an ava test once per backend: `backendTest(title, impl, { webgpu: true, onnx: true })` registers
+ * `${title} [cpu]`, `${title} [wasm]` and, when asked for, `${title} [webgpu]` (when available) and
+ * `${title} [onnx]` (models compiled; its tensors are cpu tensors).
  *
  * Serial, because the backend is process-wide state in tfjs. Read tensors with `await t.data()`: the
  * webgpu backend in Node has no `dataSync`. `PALIGEMMA_TEST_BACKENDS=cpu,wasm` limits the backends.
@@ -21,9 +22,9 @@ export function webgpuAvailable(): boolean {
   return vulkanIcdPresent();
 }
 
-/** The backends tests run on: cpu and wasm, webgpu when requested and available; env can restrict. */
-export function testBackends(opts: { webgpu?: boolean } = {}): BackendName[] {
-  const all: BackendName[] = ['cpu', 'wasm', ...(opts.webgpu && webgpuAvailable() ? ['webgpu' as const] : [])];
+/** The backends tests run on: cpu and wasm, webgpu and onnx when requested (webgpu: and available); env can restrict. */
+export function testBackends(opts: { webgpu?: boolean; onnx?: boolean } = {}): BackendName[] {
+  const all: BackendName[] = ['cpu', 'wasm', ...(opts.webgpu && webgpuAvailable() ? ['webgpu' as const] : []), ...(opts.onnx ? ['onnx' as const] : [])];
   const only = process.env.PALIGEMMA_TEST_BACKENDS;
   if (!only) return all;
   const wanted = only.split(',').map((s) => s.trim());
@@ -32,7 +33,7 @@ export function testBackends(opts: { webgpu?: boolean } = {}): BackendName[] {
 
 export type BackendImpl = (t: ExecutionContext, backend: BackendInfo) => Promise<void> | void;
 
-export function backendTest(title: string, impl: BackendImpl, opts: { webgpu?: boolean } = {}): void {
+export function backendTest(title: string, impl: BackendImpl, opts: { webgpu?: boolean; onnx?: boolean } = {}): void {
   for (const name of testBackends(opts)) {
     test.serial(`${title} [${name}]`, async (t) => {
       const info = await setBackend(name);

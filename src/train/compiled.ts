@@ -13,7 +13,9 @@ import * as d from '../../dsl';
 import type { Named } from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import { backbone, logits } from '../../models/paligemma';
-import type { TrainBatch } from './api';
+import type { LossReport, TrainBatch } from './api';
+import { causalLmLoss, type LossOptions } from './loss';
+import { valueAndGradTrainable, withLeaves, type Trainable } from './select';
 
 export interface CompiledAdamWConfig {
   readonly learningRate: number;
@@ -103,3 +105,42 @@ export function trainStepCompiled(params: PaliGemmaParams, state: CompiledAdamWS
     tf.dispose([scales.lr, scales.decay]);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The loss and its gradient, compiled: what `fit` and `evaluate` run on the onnx backend. The optimizer
+// stays eager (any `Optimizer`, on tfjs' cpu backend, elementwise over the trainable leaves only).
+// ---------------------------------------------------------------------------------------------------------
+
+/** The static part of the loss options (a key is not compiled: dropout runs eagerly). */
+export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad'>;
+
+// In a trace the sample weights cannot be read, so every text position is unembedded (loss.ts): the same
+// sums (a zero weight adds 0), and one graph per batch shape whatever the weights.
+const lossAndGradsJit = d.jit(
+  (params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions) => {
+    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), withLeaves(params, trainable), trainable);
+    return { loss: value, correct: report!.correct, weight: report!.weight, grads };
+  },
+  { name: 'loss_and_grads' },
+);
+
+const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions) => causalLmLoss(params, batch, { ...o, tableGrad: false }), { name: 'loss' });
+
+/**
+ * keras_hub's loss, its accuracy counts and the gradient with respect to the `trainable` leaves (paths of
+ * `params`), in one session run: `valueAndGradTrainable(causalLmLoss)` compiled. The caller disposes the
+ * report and the gradients.
+ */
+export function lossAndGradsCompiled(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions = {}): { report: LossReport; grads: Trainable } {
+  const tableGrad = o.tableGrad ?? Object.keys(trainable).some((p) => p.startsWith('token_embedding'));
+  const out = lossAndGradsJit(params, trainable, batch, { chunk: o.chunk, compat: o.compat, tableGrad });
+  return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, grads: out.grads };
+}
+
+/** keras_hub's loss and accuracy counts of a batch (no gradient), compiled. The caller disposes the report. */
+export function lossCompiled(params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions = {}): LossReport {
+  return lossJit(params, batch, { chunk: o.chunk, compat: o.compat });
+}
+
+/** The sessions behind compiled fine-tuning and evaluation (traces, stats). */
+export const compiledLoss = { lossAndGrads: lossAndGradsJit, loss: lossJit };

@@ -8,6 +8,8 @@ import * as d from '../../dsl';
 import { generateText, type CausalLM } from '../generate/causal_lm';
 import { batchesPerEpoch, makeBatch, promptOf, toTensors, type BatchOptions, type Dataset } from './data';
 import { causalLmLoss } from './loss';
+import { lossCompiled } from './compiled';
+import { compiledModels } from '../runtime/backend';
 
 export interface EvalOptions {
   readonly batchSize?: number;
@@ -65,7 +67,8 @@ export async function evaluate(lm: CausalLM, data: Dataset, options: EvalOptions
     if (options.loss !== false) {
       const host = makeBatch(data, rows, o);
       const x = toTensors(host);
-      const r = causalLmLoss(lm.params, x, { weights: host.sampleWeight, tableGrad: false });
+      // on the onnx backend compiled (src/train/compiled.ts), else eager
+      const r = compiledModels() ? lossCompiled(lm.params, x) : causalLmLoss(lm.params, x, { weights: host.sampleWeight, tableGrad: false });
       lossSum += (await r.loss.data())[0];
       correct += (await r.correct.data())[0];
       weight += (await r.weight.data())[0];

@@ -29,7 +29,7 @@ import type { Key, Named, Tree } from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Tokenizer } from '../text/tokenizer';
 import { writeFileAtomic } from '../../checkpoints/atomic';
-import type { Optimizer, OptimizerState, Schedule } from './api';
+import type { LossReport, Optimizer, OptimizerState, Schedule, TrainBatch } from './api';
 import { batchAt, batchesPerEpoch, checkBatchOptions, DATA_START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
 import { causalLmLoss } from './loss';
 import { adam, clipByGlobalNormAsync, disposeState } from './optim';
@@ -38,6 +38,9 @@ import { selectTrainable, summarize, trainableOf, valueAndGradTrainable, withLea
 import { evaluate, type EvalReport } from './evaluate';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, type Fingerprint } from './checkpoint';
 import { lossCurvePng, lossCurveSvg } from './plot';
+import { lossAndGradsCompiled } from './compiled';
+import { compiledModels } from '../runtime/backend';
+import type { LossOptions } from './loss';
 import { progressPrinter, type Stream } from './progress';
 
 export interface StepRecord {
@@ -156,6 +159,12 @@ export function dataHash(data: Dataset): string {
   return h.toString(16).padStart(8, '0');
 }
 
+/** The loss report and the trainable leaves' gradients, eagerly. */
+function eagerLossAndGrads(params: PaliGemmaParams, trainable: Record<string, Named>, batch: TrainBatch, o: LossOptions): { report: LossReport; grads: Record<string, Named> } {
+  const out = valueAndGradTrainable((q: PaliGemmaParams) => causalLmLoss(q, batch, o), params, trainable);
+  return { report: out.report!, grads: out.grads as Record<string, Named> };
+}
+
 /** The mean of `accumulate` gradient records (frees the parts). */
 function meanGrads(parts: Record<string, Named>[]): Record<string, Named> {
   if (parts.length === 1) return parts[0];
@@ -220,6 +229,11 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   } else if (!dropoutKey && c.dropout > 0) {
     warn(`the config has dropout ${c.dropout} but no dropout key was given: training runs without dropout`);
   }
+
+  // on the onnx backend the loss and its gradient run compiled (one session run per micro-batch; the
+  // optimizer stays eager); dropout is not compiled, so a run with a dropout key stays eager, and says so
+  const compiled = compiledModels() && !dropoutKey;
+  if (compiledModels() && dropoutKey) warn("dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key");
 
   const fingerprint: Fingerprint = {
     data: dataHash(data),
@@ -311,19 +325,15 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         const x = toTensors(host);
         const key = dropoutKey ? d.foldIn(d.foldIn(dropoutKey, step), m) : undefined;
         try {
-          const out = valueAndGradTrainable(
-            (q: PaliGemmaParams) => causalLmLoss(q, x, { key, chunk: options.lossChunk, weights: host.sampleWeight, tableGrad: paths.some((s) => s.startsWith('token_embedding')) }),
-            p,
-            trainable,
-          );
-          parts.push(out.grads as Record<string, Named>);
-          lossSum += (await out.value.data())[0];
-          if (out.report) {
-            correct += (await out.report.correct.data())[0];
-            weight += (await out.report.weight.data())[0];
-            tf.dispose([out.report.correct, out.report.weight]);
-          }
-          out.value.dispose();
+          const tableGrad = paths.some((s) => s.startsWith('token_embedding'));
+          const { report, grads } = compiled
+            ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk, tableGrad })
+            : eagerLossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight, tableGrad });
+          parts.push(grads as Record<string, Named>);
+          lossSum += (await report.loss.data())[0];
+          correct += (await report.correct.data())[0];
+          weight += (await report.weight.data())[0];
+          tf.dispose([report.loss, report.correct, report.weight]);
         } finally {
           tf.dispose(d.collectTensors(x));
         }
