@@ -18,7 +18,7 @@ await esbuild.build({
   format: 'cjs',
   target: 'node20',
   mainFields: ['module', 'main'],
-  external: ['webgpu'],
+  external: ['webgpu', 'onnxruntime-node', 'onnxruntime-node/*'],
   sourcemap: 'linked',
   logLevel: 'warning',
   define: { 'process.env.NODE_ENV': '"production"' },

@@ -1,18 +1,21 @@
 /**
- * The compiled training step (src/train/compiled.ts): value, gradient and AdamW update in one session run
- * per step, equal to the eager trainStep over several steps, with one trace for every step.
+ * Compiled training (src/train/compiled.ts): loss, gradients and the optimizer update in one session run
+ * per step, equal to the eager trainStep over several steps (full, LoRA; Adam, AdamW, SGD; an optimizer
+ * without a split), with one trace for every step; the separate gradient and update graphs too.
  */
 import * as path from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { fixtureInputs, readManifest } from '../../src/cli/fixture';
 import { loadPreset } from '../../src/runtime/preset';
 import { trainStep } from '../../src/train/step';
-import type { TrainBatch } from '../../src/train/api';
-import { adamw, disposeState } from '../../src/train/optim';
+import type { Optimizer, TrainBatch } from '../../src/train/api';
+import type { Tree } from '../../dsl';
+import { adam, adamw, disposeState, sgd } from '../../src/train/optim';
 import { selectTrainable, trainableOf } from '../../src/train/select';
-import { compiledAdamWInit, compiledTraining, trainStepCompiled, type CompiledAdamWState } from '../../src/train/compiled';
+import { enableLora, loraTrainable } from '../../src/train/lora';
+import { compiledTraining, lossAndGradsCompiled, trainStepCompiled, updateCompiled } from '../../src/train/compiled';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import { assertClose } from '../helpers/numeric';
 
@@ -27,41 +30,84 @@ function batchOf(): TrainBatch {
   });
 }
 
-const release = (p: PaliGemmaParams, s: CompiledAdamWState) => [p, s.m, s.v].forEach((t) => d.disposeTree(t));
-
-test.serial('compiled AdamW steps = eager trainStep with adamw over every leaf (loss, params, moments), one trace, no leaks', async (t) => {
-  const c = { learningRate: 1e-2, weightDecay: 0.01 };
-  const base = loadPreset(path.join(dir, 'preset'));
-  const optimizer = adamw({ weightDecay: c.weightDecay });
-  let te = trainableOf(base, selectTrainable(base));
-  let se = optimizer.init(te);
-  let pc = loadPreset(path.join(dir, 'preset'));
-  let sc = compiledAdamWInit(pc);
-  const batch = batchOf();
-  const before = tf.memory().numTensors;
-  for (let i = 0; i < 3; i++) {
-    const e = trainStep(base, te, se, batch, { optimizer, learningRate: c.learningRate });
-    const k = trainStepCompiled(pc, sc, batch, c);
-    assertClose(t, await k.loss.data(), await e.report.loss.data(), 1e-4, 1e-3, `step ${i} loss`);
-    if (i > 0) d.disposeTree(te);
-    disposeState(se);
-    release(pc, sc);
-    tf.dispose([e.report.loss, e.report.correct, e.report.weight, k.loss]);
-    [te, se, pc, sc] = [e.trainable, e.state, k.params, k.state];
-  }
-  // the eager side's first trainable leaves were the base params' own; its later ones are new tensors
-  t.is(tf.memory().numTensors, before + d.leaves(te).length, 'a step replaces params and state one for one');
-  t.is(sc.step, 3);
+/** Every leaf of two same-structure pytrees within tolerance; the largest |diff|. */
+async function closeTrees(t: ExecutionContext, a: Tree, b: Tree, what: string): Promise<number> {
+  const lb = new Map(d.leaves(b));
   let worst = 0;
-  for (const [a, b] of [[pc, te], [sc.m, se.slots.m], [sc.v, se.slots.v]] as const) {
-    const lb = new Map(d.leaves(b));
-    for (const [k, x] of d.leaves(a)) worst = Math.max(worst, assertClose(t, await x.tensor.data(), await lb.get(k)!.tensor.data(), 1e-4, 1e-3, k));
+  for (const [k, x] of d.leaves(a)) worst = Math.max(worst, assertClose(t, await x.tensor.data(), await lb.get(k)!.tensor.data(), 1e-4, 1e-3, `${what} ${k}`));
+  return worst;
+}
+
+type Step = typeof trainStep;
+
+/** `steps` steps of `step` from the same params; the final trainable leaves and state (the caller disposes). */
+async function run(step: Step, params: PaliGemmaParams, paths: string[], optimizer: Optimizer, batch: TrainBatch, steps: number) {
+  let trainable = trainableOf(params, paths);
+  let state = optimizer.init(trainable);
+  const losses: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const o = step(params, trainable, state, batch, { optimizer, learningRate: 1e-2 });
+    losses.push((await o.report.loss.data())[0]);
+    tf.dispose([o.report.loss, o.report.correct, o.report.weight]);
+    if (i > 0) d.disposeTree(trainable);
+    disposeState(state);
+    [trainable, state] = [o.trainable, o.state];
   }
-  t.log(`after 3 steps: params and moments max |diff| ${worst.toExponential(2)}`);
-  t.is(compiledTraining.step.traces, 1, 'one graph for every step');
-  d.disposeTree(te);
-  disposeState(se);
-  d.disposeTree(base);
-  release(pc, sc);
+  return { trainable, state, losses };
+}
+
+const cases: Array<{ name: string; optimizer: () => Optimizer; lora?: boolean }> = [
+  { name: 'AdamW over every leaf', optimizer: () => adamw({ weightDecay: 0.01, excludeFromWeightDecay: ['bias', 'gamma'] }) },
+  { name: 'SGD with Nesterov momentum over LoRA adapters', optimizer: () => sgd({ momentum: 0.9, nesterov: true }), lora: true },
+  // an optimizer of the user's without a split: its update runs eagerly after the compiled gradients
+  { name: 'a custom optimizer without a split (eager update)', optimizer: () => ({ ...adam(), name: 'custom', split: undefined }) },
+];
+
+for (const c of cases) {
+  test.serial(`compiled steps = eager trainStep: ${c.name} (losses, params, slots over 3 steps), one trace, no leaks`, async (t) => {
+    const loaded = loadPreset(path.join(dir, 'preset'));
+    const base = c.lora ? enableLora(loaded, { rank: 2, key: d.key(3) }) : loaded;
+    const paths = c.lora ? loraTrainable(base) : selectTrainable(base);
+    const batch = batchOf();
+    const optimizer = c.optimizer();
+    const before = tf.memory().numTensors;
+    const eager = await run(trainStep, base, paths, optimizer, batch, 3);
+    const traces = compiledTraining.lossAndGrads.traces;
+    const compiled = await run(trainStepCompiled, base, paths, optimizer, batch, 3);
+    assertClose(t, compiled.losses, eager.losses, 1e-4, 1e-3, 'losses');
+    let worst = await closeTrees(t, compiled.trainable, eager.trainable, 'params');
+    for (const slot of Object.keys(eager.state.slots)) worst = Math.max(worst, await closeTrees(t, compiled.state.slots[slot], eager.state.slots[slot], slot));
+    t.is(compiled.state.step, 3);
+    t.log(`after 3 steps: params and slots max |diff| ${worst.toExponential(2)}`);
+    if (optimizer.split) t.is(compiledTraining.step(optimizer)!.traces, 1, 'one graph (loss, gradients, update) for every step');
+    else t.is(compiledTraining.lossAndGrads.traces - traces, 1, 'one gradient graph for every step');
+    for (const r of [eager, compiled]) {
+      d.disposeTree(r.trainable);
+      disposeState(r.state);
+    }
+    t.is(tf.memory().numTensors, before, 'memory-neutral');
+    tf.dispose(d.collectTensors(batch));
+    d.disposeTree(base);
+  });
+}
+
+test.serial('compiled: lossAndGradsCompiled then updateCompiled = trainStep (the accumulation / clipping path)', async (t) => {
+  const base = loadPreset(path.join(dir, 'preset'));
+  const paths = selectTrainable(base, { train: ['layers/**'] });
+  const batch = batchOf();
+  const optimizer = adam();
+  const trainable = trainableOf(base, paths);
+  const state = optimizer.init(trainable);
+  const e = trainStep(base, trainable, state, batch, { optimizer, learningRate: 1e-3 });
+  const { report, grads } = lossAndGradsCompiled(base, trainable, batch);
+  const u = updateCompiled(optimizer, trainable, grads, state, 1e-3);
+  assertClose(t, await report.loss.data(), await e.report.loss.data(), 1e-4, 1e-3, 'loss');
+  t.deepEqual(await report.weight.data(), await e.report.weight.data(), 'weighted positions');
+  await closeTrees(t, u.params, e.trainable, 'params');
+  t.is(compiledTraining.update(optimizer)!.traces, 1);
+  for (const x of [e.report, report]) tf.dispose([x.loss, x.correct, x.weight]);
+  [grads, e.trainable, u.params].forEach((g) => d.disposeTree(g));
+  [state, e.state, u.state].forEach(disposeState);
   tf.dispose(d.collectTensors(batch));
+  d.disposeTree(base);
 });

@@ -11,7 +11,7 @@ import { loadCausalLM } from '../../src/generate/causal_lm';
 import { readJsonl } from '../../src/train/data';
 import { fit } from '../../src/train/fit';
 import { trainableOf } from '../../src/train/select';
-import { compiledLoss } from '../../src/train/compiled';
+import { compiledTraining } from '../../src/train/compiled';
 import { backendTest } from '../helpers/backends';
 import { assertClose } from '../helpers/numeric';
 import { tempDir } from '../helpers/files';
@@ -28,7 +28,7 @@ backendTest(
     const held = readJsonl(tinyJsonl(dir, 2, 'eval'));
     const lm = loadCausalLM(preset);
     const before = tf.memory().numTensors;
-    const traced = { grads: compiledLoss.lossAndGrads.traces, loss: compiledLoss.loss.traces };
+    const traced = { grads: compiledTraining.lossAndGrads.traces, loss: compiledTraining.loss.traces };
     const r = await fit(lm.params, data, {
       tokenizer: lm.tokenizer,
       steps: 3,
@@ -51,7 +51,7 @@ backendTest(
     // onnx: the steps and the evaluation loss ran compiled, one trace per batch shape: the micro-batches
     // ('longest' in each) come in two lengths, the evaluation batch in one
     const onnx = info.name === 'onnx';
-    t.deepEqual({ grads: compiledLoss.lossAndGrads.traces - traced.grads, loss: compiledLoss.loss.traces - traced.loss }, { grads: onnx ? 2 : 0, loss: onnx ? 1 : 0 });
+    t.deepEqual({ grads: compiledTraining.lossAndGrads.traces - traced.grads, loss: compiledTraining.loss.traces - traced.loss }, { grads: onnx ? 2 : 0, loss: onnx ? 1 : 0 });
     d.disposeTree(trainableOf(r.params, r.trainable));
     t.is(tf.memory().numTensors, before);
     d.disposeTree(lm.params);

@@ -36,6 +36,19 @@ export interface Optimizer<S extends OptimizerState = OptimizerState> {
   readonly name: string;
   init(params: Tree): S;
   update(params: Tree, grads: Tree, state: S, learningRate: number): { readonly params: Tree; readonly state: S };
+  /**
+   * The same rule split so that it compiles (src/train/compiled.ts): `scalars` are the numbers of this step
+   * (learning rate, bias corrections: whatever changes from step to step), computed on the host; `apply` is
+   * the tensor math given them as scalar tensors, so one traced graph serves every step. The built-in
+   * optimizers have it, and their `update` is `apply` with the scalars as tensors; without it, compiled
+   * training runs `update` eagerly.
+   */
+  readonly split?: OptimizerSplit<S>;
+}
+
+export interface OptimizerSplit<S extends OptimizerState = OptimizerState> {
+  scalars(state: S, learningRate: number): readonly number[];
+  apply(params: Tree, grads: Tree, slots: S['slots'], scalars: readonly tf.Scalar[]): { readonly params: Tree; readonly slots: S['slots'] };
 }
 
 export interface OptimizerState {

@@ -1,130 +1,116 @@
 /**
- * A compiled training step: the value and gradient of keras_hub's causal-LM loss (traced through tfjs' own
- * gradient functions) and the AdamW update, in one onnxruntime session run per step.
+ * Fine-tuning compiled (d.jit onto onnxruntime): what `fit` and `evaluate` run on the onnx backend.
  *
- * Same math as `trainStep` with `adamw` over every leaf (full fine-tuning; keras' decay w -= lr * wd * w is
- * applied with the Adam step here, on the same old w, which is the same update). What changes from step to step is passed as tensors so
- * one graph serves every step: the bias-corrected learning rate lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) and
- * the decoupled decay factor lr * wd are scalar tensors fed per call (as numbers they would be constants of
- * the first trace). Dropout (a `key`) is not compiled: its masks are drawn on the host per key.
+ *   trainStepCompiled      loss + gradients of the trainable leaves + the optimizer update: ONE session run
+ *                          per step (trainStep's signature and math)
+ *   lossAndGradsCompiled   loss + gradients only (for gradient accumulation and clipping, which happen
+ *                          between the micro-batches and the update)
+ *   updateCompiled         the optimizer update only
+ *   lossCompiled           the loss and its accuracy counts (evaluation)
+ *
+ * The gradients are traced through tfjs' own gradient functions (and loss.ts's custom chunk gradient). What
+ * changes from step to step goes in as tensors so that one graph serves every step: the optimizer's per-step
+ * numbers (learning rate, bias corrections) come from its `split` (api.ts) as scalar tensors; an optimizer
+ * without one is applied eagerly. In a trace the sample weights cannot be read, so every text position is
+ * unembedded (loss.ts): the same sums (a zero weight adds 0), one graph per batch shape whatever the weights.
+ * Dropout is not compiled (its masks are drawn from keys on the host): a key is refused here.
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import type { Named } from '../../dsl';
+import type { Jitted } from '../../dsl/jit';
 import type { PaliGemmaParams } from '../../models/paligemma';
-import { backbone, logits } from '../../models/paligemma';
-import type { LossReport, TrainBatch } from './api';
+import type { LossReport, Optimizer, OptimizerSplit, OptimizerState, TrainBatch } from './api';
 import { causalLmLoss, type LossOptions } from './loss';
 import { valueAndGradTrainable, withLeaves, type Trainable } from './select';
 
-export interface CompiledAdamWConfig {
-  readonly learningRate: number;
-  readonly beta1?: number;
-  readonly beta2?: number;
-  readonly epsilon?: number;
-  /** keras' AdamW weight_decay over every leaf; 0 gives Adam. */
-  readonly weightDecay?: number;
+/** The static part of the loss options (numbers and flags: constants of the graph). */
+export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad'>;
+
+/** Whether the tied embedding's gradient is wanted: when a `token_embedding` leaf trains. */
+const tableGradOf = (trainable: Trainable, o: CompiledLossOptions): boolean => o.tableGrad ?? Object.keys(trainable).some((p) => p.startsWith('token_embedding'));
+
+const staticLoss = (trainable: Trainable, o: CompiledLossOptions) => ({ chunk: o.chunk, compat: o.compat, tableGrad: tableGradOf(trainable, o) });
+
+function lossAndGradsPure(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions) {
+  const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), withLeaves(params, trainable), trainable);
+  return { loss: value, correct: report!.correct, weight: report!.weight, grads };
 }
 
-/** Adam's moments for every leaf of the params, and the steps taken. */
-export interface CompiledAdamWState {
-  readonly step: number;
-  readonly m: PaliGemmaParams;
-  readonly v: PaliGemmaParams;
+const lossAndGradsJit = d.jit(lossAndGradsPure, { name: 'loss_and_grads' });
+const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions) => causalLmLoss(params, batch, { ...o, tableGrad: false }), { name: 'loss' });
+
+// one graph per optimizer (its constants, e.g. betas and which leaves decay, are part of its `apply`)
+type UpdateFn = (params: Trainable, grads: Trainable, slots: OptimizerState['slots'], scalars: readonly tf.Scalar[]) => ReturnType<OptimizerSplit['apply']>;
+type StepFn = (params: PaliGemmaParams, trainable: Trainable, slots: OptimizerState['slots'], batch: TrainBatch, scalars: readonly tf.Scalar[], o: CompiledLossOptions) => {
+  loss: tf.Scalar;
+  correct: tf.Scalar;
+  weight: tf.Scalar;
+  trainable: Trainable;
+  slots: OptimizerState['slots'];
+};
+const updates = new WeakMap<OptimizerSplit, Jitted<UpdateFn>>();
+const steps = new WeakMap<OptimizerSplit, Jitted<StepFn>>();
+
+function updateJit(split: OptimizerSplit): Jitted<UpdateFn> {
+  let f = updates.get(split);
+  if (!f) updates.set(split, (f = d.jit(((p, g, slots, scalars) => split.apply(p, g, slots, scalars)) as UpdateFn, { name: 'optimizer_update' })));
+  return f;
 }
 
-export function compiledAdamWInit(params: PaliGemmaParams): CompiledAdamWState {
-  const zeros = () => d.mapTree(params, (x) => d.named(tf.zerosLike(x.tensor), x.axes));
-  return { step: 0, m: zeros(), v: zeros() };
+function stepJit(split: OptimizerSplit): Jitted<StepFn> {
+  let f = steps.get(split);
+  if (!f) {
+    const step: StepFn = (params, trainable, slots, batch, scalars, o) => {
+      const { loss, correct, weight, grads } = lossAndGradsPure(params, trainable, batch, o);
+      const next = split.apply(trainable, grads, slots, scalars);
+      return { loss, correct, weight, trainable: next.params as Trainable, slots: next.slots };
+    };
+    steps.set(split, (f = d.jit(step, { name: 'train_step' })));
+  }
+  return f;
 }
 
-/**
- * keras_hub's loss (sum of weighted cross-entropy / (B * L)) over full logits. A graph is fixed, so it
- * cannot pick the weighted positions per batch as loss.ts does; onnxruntime frees the logits as it goes.
- */
-function fullLogitsLoss(params: PaliGemmaParams, batch: TrainBatch): tf.Scalar {
-  return tf.tidy(() => {
-    const l = d.align(logits(params, backbone(params, batch)), ['batch', 'seq', 'vocab'] as const).tensor;
-    const picked = tf.sum(tf.mul(tf.logSoftmax(l), tf.oneHot(tf.cast(batch.y.tensor, 'int32') as tf.Tensor1D, l.shape[2] as number)), -1); // [batch, seq]
-    const w = tf.cast(batch.sample_weight.tensor, 'float32');
-    return tf.div(tf.neg(tf.sum(tf.mul(picked, w))), w.size) as tf.Scalar;
-  });
-}
-
-interface Scales {
-  /** lr_t, the bias-corrected learning rate of this step, a float32 scalar. */
-  readonly lr: tf.Tensor;
-  /** lr * weight decay, a float32 scalar. */
-  readonly decay: tf.Tensor;
-}
-
-function stepPure(params: PaliGemmaParams, m: PaliGemmaParams, v: PaliGemmaParams, batch: TrainBatch, s: Scales, h: { b1: number; b2: number; eps: number; wd: boolean }) {
-  const { value, grads } = d.valueAndGrad((p: PaliGemmaParams) => fullLogitsLoss(p, batch), params);
-  const g = new Map(d.leaves(grads));
-  const ms = new Map(d.leaves(m));
-  const vs = new Map(d.leaves(v));
-  const newM = new Map<string, Named>();
-  const newV = new Map<string, Named>();
-  const next = d.mapTree(params, (p, path) => {
-    const gi = g.get(path)!.tensor;
-    const mi = tf.add(tf.mul(ms.get(path)!.tensor, h.b1), tf.mul(gi, 1 - h.b1));
-    const vi = tf.add(tf.mul(vs.get(path)!.tensor, h.b2), tf.mul(tf.square(gi), 1 - h.b2));
-    newM.set(path, d.named(mi, p.axes));
-    newV.set(path, d.named(vi, p.axes));
-    let out = tf.sub(p.tensor, tf.mul(tf.div(mi, tf.add(tf.sqrt(vi), h.eps)), s.lr));
-    if (h.wd) out = tf.sub(out, tf.mul(p.tensor, s.decay));
-    return d.named(out, p.axes);
-  });
-  return {
-    loss: value,
-    params: next,
-    m: d.mapTree(params, (_, path) => newM.get(path)!),
-    v: d.mapTree(params, (_, path) => newV.get(path)!),
-  };
-}
-
-const stepJit = d.jit(stepPure, { name: 'train_step' });
-
-/** The session behind compiled training (traces, stats). */
-export const compiledTraining = { step: stepJit };
-
-/** One full fine-tuning AdamW step (without dropout), compiled; old params and state are the caller's. */
-export function trainStepCompiled(params: PaliGemmaParams, state: CompiledAdamWState, batch: TrainBatch, c: CompiledAdamWConfig): { loss: tf.Scalar; params: PaliGemmaParams; state: CompiledAdamWState } {
-  const b1 = c.beta1 ?? 0.9;
-  const b2 = c.beta2 ?? 0.999;
-  const wd = c.weightDecay ?? 0;
-  const step = state.step + 1;
-  const scales: Scales = {
-    lr: tf.scalar((c.learningRate * Math.sqrt(1 - b2 ** step)) / (1 - b1 ** step)),
-    decay: tf.scalar(c.learningRate * wd),
-  };
+/** The step's scalars as tensors, disposed after `f`. */
+function withScalars<T>(split: OptimizerSplit, state: OptimizerState, learningRate: number, f: (scalars: tf.Scalar[]) => T): T {
+  if (!Number.isInteger(state.step) || state.step < 0) throw new Error(`compiled training: state.step must be a non-negative integer, got ${state.step}`);
+  const scalars = split.scalars(state, learningRate).map((x) => tf.scalar(x));
   try {
-    const out = stepJit(params, state.m, state.v, batch, scales, { b1, b2, eps: c.epsilon ?? 1e-7, wd: wd !== 0 });
-    return { loss: out.loss as tf.Scalar, params: out.params, state: { step, m: out.m, v: out.v } };
+    return f(scalars);
   } finally {
-    tf.dispose([scales.lr, scales.decay]);
+    tf.dispose(scalars);
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// The loss and its gradient, compiled: what `fit` and `evaluate` run on the onnx backend. The optimizer
-// stays eager (any `Optimizer`, on tfjs' cpu backend, elementwise over the trainable leaves only).
-// ---------------------------------------------------------------------------------------------------------
+export interface CompiledStepOptions extends CompiledLossOptions {
+  readonly optimizer: Optimizer;
+  readonly learningRate: number;
+}
 
-/** The static part of the loss options (a key is not compiled: dropout runs eagerly). */
-export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad'>;
-
-// In a trace the sample weights cannot be read, so every text position is unembedded (loss.ts): the same
-// sums (a zero weight adds 0), and one graph per batch shape whatever the weights.
-const lossAndGradsJit = d.jit(
-  (params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions) => {
-    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), withLeaves(params, trainable), trainable);
-    return { loss: value, correct: report!.correct, weight: report!.weight, grads };
-  },
-  { name: 'loss_and_grads' },
-);
-
-const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions) => causalLmLoss(params, batch, { ...o, tableGrad: false }), { name: 'loss' });
+/**
+ * `trainStep` compiled: loss and gradients at `trainable` (the params' trainable leaves by path), then the
+ * optimizer update, in one session run. Returns the report (of the params before the update), the new
+ * trainable leaves and state; the old ones stay the caller's.
+ */
+export function trainStepCompiled(
+  params: PaliGemmaParams,
+  trainable: Trainable,
+  state: OptimizerState,
+  batch: TrainBatch,
+  o: CompiledStepOptions,
+): { report: LossReport; trainable: Trainable; state: OptimizerState } {
+  const split = o.optimizer.split;
+  if (!split) {
+    const { report, grads } = lossAndGradsCompiled(params, trainable, batch, o);
+    try {
+      const next = o.optimizer.update(trainable, grads, state, o.learningRate);
+      return { report, trainable: next.params as Trainable, state: next.state };
+    } finally {
+      d.disposeTree(grads);
+    }
+  }
+  const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(trainable, o)));
+  return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, trainable: out.trainable, state: { step: state.step + 1, slots: out.slots } };
+}
 
 /**
  * keras_hub's loss, its accuracy counts and the gradient with respect to the `trainable` leaves (paths of
@@ -132,9 +118,19 @@ const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: CompiledLo
  * report and the gradients.
  */
 export function lossAndGradsCompiled(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions = {}): { report: LossReport; grads: Trainable } {
-  const tableGrad = o.tableGrad ?? Object.keys(trainable).some((p) => p.startsWith('token_embedding'));
-  const out = lossAndGradsJit(params, trainable, batch, { chunk: o.chunk, compat: o.compat, tableGrad });
+  const out = lossAndGradsJit(params, trainable, batch, staticLoss(trainable, o));
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, grads: out.grads };
+}
+
+/** `optimizer.update` compiled (eagerly when the optimizer has no `split`). */
+export function updateCompiled(optimizer: Optimizer, trainable: Trainable, grads: Trainable, state: OptimizerState, learningRate: number): { params: Trainable; state: OptimizerState } {
+  const split = optimizer.split;
+  if (!split) {
+    const next = optimizer.update(trainable, grads, state, learningRate);
+    return { params: next.params as Trainable, state: next.state };
+  }
+  const out = withScalars(split, state, learningRate, (scalars) => updateJit(split)(trainable, grads, state.slots, scalars));
+  return { params: out.params as Trainable, state: { step: state.step + 1, slots: out.slots } };
 }
 
 /** keras_hub's loss and accuracy counts of a batch (no gradient), compiled. The caller disposes the report. */
@@ -142,5 +138,10 @@ export function lossCompiled(params: PaliGemmaParams, batch: TrainBatch, o: Comp
   return lossJit(params, batch, { chunk: o.chunk, compat: o.compat });
 }
 
-/** The sessions behind compiled fine-tuning and evaluation (traces, stats). */
-export const compiledLoss = { lossAndGrads: lossAndGradsJit, loss: lossJit };
+/** The sessions behind compiled fine-tuning and evaluation, for their trace counts and stats. */
+export const compiledTraining = {
+  lossAndGrads: lossAndGradsJit,
+  loss: lossJit,
+  step: (optimizer: Optimizer): Jitted<StepFn> | undefined => (optimizer.split ? steps.get(optimizer.split) : undefined),
+  update: (optimizer: Optimizer): Jitted<UpdateFn> | undefined => (optimizer.split ? updates.get(optimizer.split) : undefined),
+};

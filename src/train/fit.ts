@@ -38,7 +38,7 @@ import { selectTrainable, summarize, trainableOf, valueAndGradTrainable, withLea
 import { evaluate, type EvalReport } from './evaluate';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, type Fingerprint } from './checkpoint';
 import { lossCurvePng, lossCurveSvg } from './plot';
-import { lossAndGradsCompiled } from './compiled';
+import { lossAndGradsCompiled, trainStepCompiled, updateCompiled } from './compiled';
 import { compiledModels } from '../runtime/backend';
 import type { LossOptions } from './loss';
 import { progressPrinter, type Stream } from './progress';
@@ -230,9 +230,10 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
     warn(`the config has dropout ${c.dropout} but no dropout key was given: training runs without dropout`);
   }
 
-  // on the onnx backend the loss and its gradient run compiled (one session run per micro-batch; the
-  // optimizer stays eager); dropout is not compiled, so a run with a dropout key stays eager, and says so
+  // on the onnx backend the steps run compiled (src/train/compiled.ts); dropout is not compiled, so a run with a dropout key stays eager, and says so
   const compiled = compiledModels() && !dropoutKey;
+  // one micro-batch and no clipping: loss, gradients and update are one session run per step
+  const fused = compiled && accumulate === 1 && options.clipNorm === undefined;
   if (compiledModels() && dropoutKey) warn("dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key");
 
   const fingerprint: Fingerprint = {
@@ -316,6 +317,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
       let examples = 0;
       let truncated = 0;
       const p = current();
+      let updated: { params: Tree; state: OptimizerState } | undefined;
       for (let m = 0; m < accumulate; m++) {
         const { batch: host, next } = batchAt(data, batch, position);
         position = next;
@@ -326,10 +328,18 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         const key = dropoutKey ? d.foldIn(d.foldIn(dropoutKey, step), m) : undefined;
         try {
           const tableGrad = paths.some((s) => s.startsWith('token_embedding'));
-          const { report, grads } = compiled
-            ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk, tableGrad })
-            : eagerLossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight, tableGrad });
-          parts.push(grads as Record<string, Named>);
+          let report: LossReport;
+          if (fused) {
+            const out = trainStepCompiled(p, trainable, state, x, { optimizer, learningRate: lr, chunk: options.lossChunk, tableGrad });
+            report = out.report;
+            updated = { params: out.trainable, state: out.state };
+          } else {
+            const r = compiled
+              ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk, tableGrad })
+              : eagerLossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight, tableGrad });
+            report = r.report;
+            parts.push(r.grads as Record<string, Named>);
+          }
           lossSum += (await report.loss.data())[0];
           correct += (await report.correct.data())[0];
           weight += (await report.weight.data())[0];
@@ -339,16 +349,18 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         }
       }
       if (truncated > 0) warn(`step ${step + 1}: ${truncated} row${truncated === 1 ? '' : 's'} truncated to the sequence length`);
-      let grads = meanGrads(parts);
       let gradNorm: number | undefined;
-      if (options.clipNorm !== undefined) {
-        const clipped = await clipByGlobalNormAsync(grads, options.clipNorm);
+      if (!updated) {
+        let grads = meanGrads(parts);
+        if (options.clipNorm !== undefined) {
+          const clipped = await clipByGlobalNormAsync(grads, options.clipNorm);
+          d.disposeTree(grads);
+          grads = clipped.grads;
+          gradNorm = clipped.norm;
+        }
+        updated = compiled ? updateCompiled(optimizer, trainable, grads, state, lr) : optimizer.update(trainable as Tree, grads, state, lr);
         d.disposeTree(grads);
-        grads = clipped.grads;
-        gradNorm = clipped.norm;
       }
-      const updated = optimizer.update(trainable as Tree, grads, state, lr);
-      d.disposeTree(grads);
       if (owned) d.disposeTree(trainable);
       disposeState(state);
       trainable = updated.params as Record<string, Named>;

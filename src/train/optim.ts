@@ -16,7 +16,7 @@
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Named, Tree } from '../../dsl';
-import type { Optimizer, OptimizerState } from './api';
+import type { Optimizer, OptimizerSplit, OptimizerState } from './api';
 
 const f32 = Math.fround;
 
@@ -76,6 +76,25 @@ export interface AdamWOptions extends AdamOptions {
   readonly variableName?: (path: string) => string;
 }
 
+/** An optimizer from its split (api.ts): `update` checks the state, makes the step's scalars tensors, applies. */
+function fromSplit(name: string, slotNames: readonly string[], init: Optimizer['init'], split: OptimizerSplit): Optimizer {
+  return {
+    name,
+    init,
+    split,
+    update(params, grads, state, learningRate) {
+      checkState(name, state, slotNames);
+      const scalars = split.scalars(state, learningRate).map((x) => tf.scalar(x));
+      try {
+        const out = split.apply(params, grads, state.slots, scalars);
+        return { params: out.params, state: { step: state.step + 1, slots: out.slots } };
+      } finally {
+        tf.dispose(scalars);
+      }
+    },
+  };
+}
+
 function adamLike(name: string, o: AdamOptions, decay?: { rate: number; applies: (path: string) => boolean }): Optimizer {
   const b1 = o.beta1 ?? 0.9;
   const b2 = o.beta2 ?? 0.999;
@@ -84,19 +103,19 @@ function adamLike(name: string, o: AdamOptions, decay?: { rate: number; applies:
     if (!(v >= 0 && v < 1)) throw new Error(`${name}: ${k} must be in [0, 1), got ${v}`);
   }
   if (!(eps >= 0)) throw new Error(`${name}: epsilon must be >= 0, got ${eps}`);
-  return {
-    name,
-    init: (params) => ({ step: 0, slots: { m: zerosLike(params), v: zerosLike(params) } }),
-    update(params, grads, state, learningRate) {
-      checkState(name, state, ['m', 'v']);
-      const g = zipLeaves(`${name}: grads`, params, grads);
-      const m = zipLeaves(`${name}: state.slots.m`, params, state.slots.m);
-      const v = zipLeaves(`${name}: state.slots.v`, params, state.slots.v);
+  return fromSplit(name, ['m', 'v'], (params) => ({ step: 0, slots: { m: zerosLike(params), v: zerosLike(params) } }), {
+    scalars(state, learningRate) {
       const t = state.step + 1;
       const lr = f32(learningRate);
       // float32 as keras computes it: alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
       const alpha = f32(f32(lr * f32(Math.sqrt(f32(1 - f32(b2 ** t))))) / f32(1 - f32(b1 ** t)));
       const decayFactor = decay ? f32(1 - f32(f32(decay.rate) * lr)) : 1;
+      return [alpha, decayFactor];
+    },
+    apply(params, grads, slots, [alpha, decayFactor]) {
+      const g = zipLeaves(`${name}: grads`, params, grads);
+      const m = zipLeaves(`${name}: state.slots.m`, params, slots.m);
+      const v = zipLeaves(`${name}: state.slots.v`, params, slots.v);
       const newM = new Map<string, Named>();
       const newV = new Map<string, Named>();
       const next = d.mapTree(params, (p, path) =>
@@ -111,12 +130,9 @@ function adamLike(name: string, o: AdamOptions, decay?: { rate: number; applies:
           return d.named(tf.sub(w, tf.div(tf.mul(mi, alpha), tf.add(tf.sqrt(vi), eps))), p.axes);
         }),
       );
-      return {
-        params: next,
-        state: { step: t, slots: { m: d.mapTree(params, (_, path) => newM.get(path)!), v: d.mapTree(params, (_, path) => newV.get(path)!) } },
-      };
+      return { params: next, slots: { m: d.mapTree(params, (_, path) => newM.get(path)!), v: d.mapTree(params, (_, path) => newV.get(path)!) } };
     },
-  };
+  });
 }
 
 /** keras.optimizers.Adam (defaults beta1 0.9, beta2 0.999, epsilon 1e-7: keras_hub's default compile). */
@@ -140,18 +156,16 @@ export interface SgdOptions {
 export function sgd(o: SgdOptions = {}): Optimizer {
   const mu = o.momentum ?? 0;
   if (!(mu >= 0 && mu <= 1)) throw new Error(`sgd: momentum must be in [0, 1], got ${mu}`);
-  return {
-    name: 'sgd',
-    init: (params) => ({ step: 0, slots: (mu !== 0 ? { momentum: zerosLike(params) } : {}) as Record<string, Tree> }),
-    update(params, grads, state, learningRate) {
-      checkState('sgd', state, mu !== 0 ? ['momentum'] : []);
+  const slotNames = mu !== 0 ? ['momentum'] : [];
+  return fromSplit('sgd', slotNames, (params) => ({ step: 0, slots: (mu !== 0 ? { momentum: zerosLike(params) } : {}) as Record<string, Tree> }), {
+    scalars: (_state, learningRate) => [f32(learningRate)],
+    apply(params, grads, slots, [lr]) {
       const g = zipLeaves('sgd: grads', params, grads);
-      const lr = f32(learningRate);
       if (mu === 0) {
         const next = d.mapTree(params, (p, path) => d.scoped(() => d.named(tf.sub(p.tensor, tf.mul(g.get(path)!.tensor, lr)), p.axes)));
-        return { params: next, state: { step: state.step + 1, slots: {} as Record<string, Tree> } };
+        return { params: next, slots: {} as Record<string, Tree> };
       }
-      const m = zipLeaves('sgd: state.slots.momentum', params, state.slots.momentum);
+      const m = zipLeaves('sgd: state.slots.momentum', params, slots.momentum);
       const newM = new Map<string, Named>();
       const next = d.mapTree(params, (p, path) =>
         d.scoped(() => {
@@ -162,9 +176,9 @@ export function sgd(o: SgdOptions = {}): Optimizer {
           return d.named(tf.add(p.tensor, delta), p.axes);
         }),
       );
-      return { params: next, state: { step: state.step + 1, slots: { momentum: d.mapTree(params, (_, path) => newM.get(path)!) } } };
+      return { params: next, slots: { momentum: d.mapTree(params, (_, path) => newM.get(path)!) } };
     },
-  };
+  });
 }
 
 /** The global norm (a scalar tensor) and the gradients scaled on the device by maxNorm / max(norm, maxNorm). */

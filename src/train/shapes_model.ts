@@ -18,6 +18,7 @@ import { convertImages } from '../preprocess/image';
 import { packTrainingBatch, type SpecialIds } from '../preprocess/packing';
 import type { Tokenizer } from '../text/tokenizer';
 import type { TrainBatch } from './api';
+import type { Dataset, Example } from './data';
 import { CAPTION_PREFIX, COUNT_PREFIX, detect, detectPrefix, makeScene, renderScene, SHAPES_IMAGE_SIZE, shapesRng, caption, type Scene, type TaskRecord } from './shapes';
 import { shapesVocabulary, shapesVocabularyBytes } from './shapes_vocab';
 
@@ -52,17 +53,35 @@ export function shapesConfig(): PaliGemmaConfig {
 }
 
 /**
- * The training task of picture `index`: one of caption, count, detect with equal odds (detect: one of the
- * kinds present, equally likely), drawn from its own stream so the scene is the same as `makeScene`'s.
+ * The training task of picture `index`: caption, count or detect with odds 2 : 1 : 3 (detect: one of the
+ * kinds present, equally likely; counting is learnt first and needs least), drawn from its own stream so
+ * the scene is the same as `makeScene`'s.
  */
 export function trainingTask(scene: Scene, seed: number, index: number): TaskRecord {
   const rand = shapesRng(seed ^ 0x5bd1e995, index);
-  const family = rand(3);
-  if (family === 0) return { prefix: CAPTION_PREFIX, suffix: caption(scene) };
-  if (family === 1) return { prefix: COUNT_PREFIX, suffix: String(scene.shapes.length) };
+  const family = rand(6);
+  if (family < 2) return { prefix: CAPTION_PREFIX, suffix: caption(scene) };
+  if (family === 2) return { prefix: COUNT_PREFIX, suffix: String(scene.shapes.length) };
   const kinds = [...new Set(scene.shapes.map((s) => s.kind))];
   const kind = kinds[rand(kinds.length)];
   return { prefix: detectPrefix(kind), suffix: detect(scene, kind) };
+}
+
+/**
+ * Pictures 0 .. count - 1 of `seed`, one training task each, as a `fit` dataset. Nothing is held: the
+ * examples array is a view that draws picture i when it is read (a million pictures cost no memory), and
+ * reading it twice gives the same example.
+ */
+export function shapesDataset(seed: number, count: number, size = SHAPES_IMAGE_SIZE): Dataset {
+  if (!Number.isInteger(count) || count < 1 || count > 0xffffffff) throw new Error(`shapesDataset: count must be an integer in [1, 2^32), got ${count}`);
+  const example = (i: number): Example => {
+    const scene = makeScene(seed, i, size);
+    return { image: renderScene(scene), ...trainingTask(scene, seed, i), source: `shapes seed ${seed} picture ${i}` };
+  };
+  const examples = new Proxy(new Array<Example>(count), {
+    get: (target, key, receiver) => (typeof key === 'string' && /^(0|[1-9]\d*)$/.test(key) && Number(key) < count ? example(Number(key)) : Reflect.get(target, key, receiver)),
+  });
+  return { examples, name: `shapes (seed ${seed}, ${count} pictures)` };
 }
 
 const specialIds = (t: Tokenizer): SpecialIds => ({ pad: t.padId, eos: t.eosId, bos: t.bosId });
