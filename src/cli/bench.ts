@@ -239,8 +239,8 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
         const backends = arg('backends', 'onnx,wasm,wasm:2').split(',');
         const only = arg('only', 'all');
         if (only !== 'train') await bench(backends, Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('decode', '32')));
-        // training on cpu takes minutes per step at this size, and onnx trains through src/train/compiled.ts: wasm by default
-        if (only !== 'forward') await benchTraining(BENCH_CONFIG, arg('train-backends', 'wasm').split(','), Number(arg('train-runs', '3')), Number(arg('batch', '2')), Number(arg('text', '32')));
+        // training on cpu takes minutes per step at this size: onnx (compiled) and wasm by default
+        if (only !== 'forward') await benchTraining(BENCH_CONFIG, arg('train-backends', 'onnx,wasm').split(','), Number(arg('train-runs', '3')), Number(arg('batch', '2')), Number(arg('text', '32')));
       })();
   run.catch((e) => {
     console.error(e);

@@ -8,7 +8,6 @@
  *   eval       greedy exact match on a JSONL, per prefix and overall; the last line is exactly
  *              `accuracy: 0.973 (1946/2000)`
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as d from '../../dsl';
 import { defineCommand, sharedFlags, type Command, type Io } from './command';
@@ -26,14 +25,7 @@ import { adaptersOf, enableLora, loraTrainable } from '../train/lora';
 import { writeLoraH5 } from '../../checkpoints/lora';
 import type { Schedule } from '../train/api';
 import type { Stream } from '../train/progress';
-
-/** The preset shipped in the package (checkpoints/tiny), found from the installed package's root. */
-function shippedPreset(): string {
-  const candidates = [path.resolve(__dirname, '..', 'checkpoints', 'tiny'), path.resolve('checkpoints', 'tiny')];
-  const found = candidates.find((c) => fs.existsSync(path.join(c, 'config.json')));
-  if (!found) throw new Error(`the shipped tiny preset is missing; looked in ${candidates.join(', ')}`);
-  return found;
-}
+import { DEFAULT_PRESET } from './commands';
 
 /** Progress to a TTY's stderr as a redrawn line, or to the command's output as whole lines. */
 function progressStream(io: Io): Stream {
@@ -42,7 +34,7 @@ function progressStream(io: Io): Stream {
 }
 
 const fineTuneFlags = {
-  preset: { ...sharedFlags.preset, help: 'the model to fine-tune (default: the shipped tiny preset)' },
+  preset: { ...sharedFlags.preset, help: 'the model to fine-tune (a preset name, directory or handle)', default: DEFAULT_PRESET },
   data: { type: 'string', help: 'training records, JSONL of {"image", "prefix", "suffix"} (image paths relative to the file)', placeholder: 'train.jsonl' },
   eval: { type: 'string', help: 'held-out records (same form), evaluated every --eval-every steps and at the end', placeholder: 'eval.jsonl' },
   'lora-rank': { type: 'integer', help: "LoRA adapters of this rank on keras_hub's default layers; without it every weight trains", min: 1 },
@@ -77,7 +69,7 @@ export const fineTuneCommand = defineCommand({
     const data = readJsonl(f.data);
     const held = f.eval !== undefined ? readJsonl(f.eval) : undefined;
     const info = await setBackend(f.backend as never, f.threads !== undefined ? { threads: f.threads } : {});
-    const preset = f.preset ?? shippedPreset();
+    const preset = f.preset;
     const lm = loadCausalLM(preset);
     const seed = d.key(f.seed);
     const [shuffleKey, dropoutKey, loraKey] = d.split(seed, 3);
@@ -143,7 +135,7 @@ export const evalCommand = defineCommand({
   summary: 'greedy exact match of a preset on JSONL records, per prefix and overall',
   example: 'paligemma eval --preset run1/preset --data eval.jsonl',
   flags: {
-    preset: { ...sharedFlags.preset, help: 'the model (default: the shipped tiny preset)' },
+    preset: { ...sharedFlags.preset, help: 'the model (a preset name, directory or handle)', default: DEFAULT_PRESET },
     data: { type: 'string', help: 'JSONL of {"image", "prefix", "suffix"} (image paths relative to the file)', placeholder: 'eval.jsonl' },
     'batch-size': { type: 'integer', help: 'examples generated at once', default: 8, min: 1 },
     'max-new-tokens': { type: 'integer', help: 'most tokens generated per example (default: the longest suffix + 1)', min: 1 },
@@ -154,7 +146,7 @@ export const evalCommand = defineCommand({
     if (f.data === undefined) throw new Error('missing --data <eval.jsonl>');
     const data = readJsonl(f.data);
     await setBackend(f.backend as never, f.threads !== undefined ? { threads: f.threads } : {});
-    const lm = loadCausalLM(f.preset ?? shippedPreset());
+    const lm = loadCausalLM(f.preset);
     try {
       const report = await evaluate(lm, data, { batchSize: f['batch-size'], maxNewTokens: f['max-new-tokens'], loss: false });
       const rows = [...report.byPrefix!];
