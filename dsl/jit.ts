@@ -32,6 +32,8 @@ export interface JitOptions {
   readonly threads?: number;
   /** A name for the model (errors, stats). */
   readonly name?: string;
+  /** onnxruntime's CPU memory arena (default true; see createSession). */
+  readonly memArena?: boolean;
 }
 
 export interface CompileStats {
@@ -140,7 +142,7 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
     traces++;
     const t1 = performance.now();
     const converted = convert(trace, placeholders, result.outputs, name);
-    const session = createSession(converted.model, options.threads ?? onnxThreads());
+    const session = createSession(converted.model, options.threads ?? onnxThreads(), { memArena: options.memArena });
     stats.push({ signature, nodes: converted.nodes, initializerBytes: converted.initializerBytes, modelBytes: converted.model.length, traceMs: t1 - t0, sessionMs: performance.now() - t1 });
     return { session, inputs: placeholders, inputNames: converted.inputNames, outputNames: converted.outputNames, template: result.template, outputs: result.outputs };
   }

@@ -98,7 +98,12 @@ function removeTelemetryLog(): void {
 }
 
 /** A session over a serialized model: every graph optimisation, `threads` intra-op threads, CPU. */
-export function createSession(model: Uint8Array, threads = onnxThreads()): Session {
+/**
+ * `memArena: false` turns off onnxruntime's CPU arena for this session: the arena keeps every block it
+ * allocated (outputs included) for reuse, so a session that returns one large output (a transposed
+ * embedding) would otherwise hold a second copy of it for its lifetime.
+ */
+export function createSession(model: Uint8Array, threads = onnxThreads(), options: { memArena?: boolean } = {}): Session {
   const { ort, native } = onnxRuntime();
   native.initOrt();
   removeTelemetryLog();
@@ -109,6 +114,7 @@ export function createSession(model: Uint8Array, threads = onnxThreads()): Sessi
     interOpNumThreads: 1,
     executionMode: 'sequential',
     executionProviders: [{ name: 'cpu' }],
+    enableCpuMemArena: options.memArena ?? true,
     // PALIGEMMA_ORT_PROFILE=<prefix>: onnxruntime writes a JSON trace of every node (written at exit)
     ...(process.env.PALIGEMMA_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.PALIGEMMA_ORT_PROFILE } : {}),
   });

@@ -98,15 +98,15 @@ test.serial('fine-tune: full and LoRA runs write a loadable preset, checkpoints,
   t.is(tf.memory().numTensors, before);
 });
 
-test.serial('fine-tune, then eval the saved preset: the shipped model answers 0/2, after 20 steps 2/2', async (t) => {
+test.serial('fine-tune, then eval the saved preset: the tiny preset answers 0/2, after 20 steps 2/2', async (t) => {
   const dir = tempDir(t);
   const file = path.join(dir, 'memo.jsonl');
   const cat = path.resolve('checkpoints/tiny/cat.png');
   fs.writeFileSync(file, [{ image: cat, prefix: 'caption en', suffix: 'a cat' }, { image: cat, prefix: 'answer en what colour?', suffix: 'grey' }].map((r) => JSON.stringify(r)).join('\n') + '\n');
-  const before = await cli(['eval', '--data', file, '--backend', 'wasm']);
+  const before = await cli(['eval', '--preset', 'tiny', '--data', file, '--backend', 'wasm']);
   t.is(before.out[before.out.length - 1], 'accuracy: 0.000 (0/2)');
   const out = path.join(dir, 'run');
-  const ft = await cli(['fine-tune', '--data', file, '--steps', '20', '--batch-size', '2', '--learning-rate', '3e-2', '--out', out, '--backend', 'wasm']);
+  const ft = await cli(['fine-tune', '--preset', 'tiny', '--data', file, '--steps', '20', '--batch-size', '2', '--learning-rate', '3e-2', '--out', out, '--backend', 'wasm']);
   t.is(ft.code, 0, ft.err.join('\n'));
   const after = await cli(['eval', '--preset', path.join(out, 'preset'), '--data', file, '--backend', 'wasm']);
   t.deepEqual(after.out, ['  "caption en"            : 1.000 (1/1)', '  "answer en what colour?": 1.000 (1/1)', 'accuracy: 1.000 (2/2)']);

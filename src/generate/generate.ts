@@ -56,7 +56,7 @@ import { checkTokenIds, decode, embedInputs, lookup, unembed, type PaliGemmaPara
 import type { PaliGemmaConfig } from '../../models/config';
 import { assertFitsBackend, compiledModels, formatBytes, maxTensorBytes } from '../runtime/backend';
 import type { Images } from '../../models/siglip';
-import { decodeStepCompiled, prefillCompiled } from './compiled';
+import { decodeStepCompiled, prefillCompiled, transposedEmbeddingCompiled } from './compiled';
 
 // -------------------------------------------------------------------------------------------------
 // samplers
@@ -546,7 +546,8 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   // the transposed head pays for itself after ~12 steps (bench config, wasm: transpose + XNNPACK's packing
   // ~140 ms of CPU, then ~11 ms saved per step), so only eager calls that may run 16 steps or more make it
   const mostSteps = Math.max(...plen.map((len) => Math.min(length - len, budget)));
-  const transposed = !compiled && mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? transposedEmbedding(p) : undefined;
+  // compiled, it also pays: onnxruntime's MatMul with a transposed B of one output column is slow (compiled.ts)
+  const transposed = mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? (compiled ? transposedEmbeddingCompiled(p) : transposedEmbedding(p)) : undefined;
   let state: StepOutput | undefined;
   let step = 0;
   try {
@@ -579,7 +580,7 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
       const feed = plen.map((len, r) => (active[r] ? tokens[r][len + step - 1] : 0));
       const at = plen.map((len, r) => (active[r] ? n + len + step - 1 : n + length - 1));
       const next: StepOutput = compiled
-        ? decodeStepCompiled(p, state.cache, feed, at, active, options.compat)
+        ? decodeStepCompiled(p, state.cache, feed, at, active, options.compat, transposed)
         : decodeStep(p, state.cache, feed, at, active, options.compat, transposed);
       disposeState(state);
       state = next;
