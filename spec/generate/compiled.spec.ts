@@ -30,6 +30,13 @@ test.serial('compiled generate: greedy row 0 = keras_hub (tokens, decode logits 
     for (const r of [0, 1]) eager.logits![r].forEach((l, s) => assertClose(t, out.logits![r][s], l, 1e-4, 0, `row ${r} step ${s}: compiled = eager`));
     t.is(compiledGeneration.decodeStep.traces, 1, 'one decode-step graph for every step');
     t.is(compiledGeneration.prefill.traces, 1, 'one prefill graph');
+    // 18 steps: the head used the embedding transposed once (compiled.ts); a call of under 16 steps does
+    // not transpose it, and its steps give the same logits
+    t.is(compiledGeneration.transpose.traces, 1, 'the embedding transposed by its own session');
+    const short = await run(p, images, { returnLogits: true, compiled: true, maxNewTokens: 4 });
+    t.is(compiledGeneration.decodeStep.traces, 2, 'a decode-step graph with the untransposed head');
+    for (const r of [0, 1]) short.logits![r].forEach((l, s) => assertClose(t, l, out.logits![r][s], 1e-5, 0, `row ${r} step ${s}: untransposed head = transposed`));
+    t.is(tf.memory().numTensors, before);
   });
 });
 
