@@ -433,7 +433,8 @@ function readSuperblock(src: Source): Superblock {
     c.address(); // superblock extension (shared message tables etc.: shared messages are refused where met)
     const eof = c.address();
     const root = c.address();
-    c.skip(4); // checksum
+    checkSum(src, at, src.read(at, c.pos, 'the superblock', false), 'the superblock');
+    c.skip(4); // the checksum
     src.metadata.push([at, at + c.pos, 'the superblock']);
     return { version, sizes: c.sizes, expectedSize: eof, rootAddress: root };
   }
@@ -530,6 +531,59 @@ function readHeaderV1(src: Source, sizes: Sizes, address: number, what: string):
   return messages;
 }
 
+/**
+ * HDF5's metadata checksum (H5_checksum_metadata): Bob Jenkins' lookup3 `hashlittle` over the bytes, initial
+ * value 0, as a uint32. Version 2 object headers, their continuation blocks and superblocks 2-3 end with one.
+ */
+export function lookup3(k: Uint8Array): number {
+  const rot = (x: number, n: number): number => (x << n) | (x >>> (32 - n));
+  let a = (0xdeadbeef + k.length) | 0;
+  let b = a;
+  let c = a;
+  let i = 0;
+  let n = k.length;
+  const word = (at: number): number => k[at] | (k[at + 1] << 8) | (k[at + 2] << 16) | (k[at + 3] << 24);
+  while (n > 12) {
+    a = (a + word(i)) | 0;
+    b = (b + word(i + 4)) | 0;
+    c = (c + word(i + 8)) | 0;
+    // mix
+    a = (a - c) | 0; a ^= rot(c, 4); c = (c + b) | 0;
+    b = (b - a) | 0; b ^= rot(a, 6); a = (a + c) | 0;
+    c = (c - b) | 0; c ^= rot(b, 8); b = (b + a) | 0;
+    a = (a - c) | 0; a ^= rot(c, 16); c = (c + b) | 0;
+    b = (b - a) | 0; b ^= rot(a, 19); a = (a + c) | 0;
+    c = (c - b) | 0; c ^= rot(b, 4); b = (b + a) | 0;
+    n -= 12;
+    i += 12;
+  }
+  if (n === 0) return c >>> 0;
+  // the last 1..12 bytes, zero-padded, into a, b, c
+  const tail = new Uint8Array(12);
+  tail.set(k.subarray(i, i + n));
+  const t = (at: number): number => tail[at] | (tail[at + 1] << 8) | (tail[at + 2] << 16) | (tail[at + 3] << 24);
+  a = (a + t(0)) | 0;
+  b = (b + t(4)) | 0;
+  c = (c + t(8)) | 0;
+  // final
+  c ^= b; c = (c - rot(b, 14)) | 0;
+  a ^= c; a = (a - rot(c, 11)) | 0;
+  b ^= a; b = (b - rot(a, 25)) | 0;
+  c ^= b; c = (c - rot(b, 16)) | 0;
+  a ^= c; a = (a - rot(c, 4)) | 0;
+  b ^= a; b = (b - rot(a, 14)) | 0;
+  c ^= b; c = (c - rot(b, 24)) | 0;
+  return c >>> 0;
+}
+
+/** Checks the uint32 checksum stored after `covered` (the bytes it covers). */
+function checkSum(src: Source, at: number, covered: Uint8Array, what: string): void {
+  const stored = src.read(at + covered.length, 4, what);
+  const want = (stored[0] | (stored[1] << 8) | (stored[2] << 16) | (stored[3] << 24)) >>> 0;
+  const got = lookup3(covered);
+  if (got !== want) throw new FormatError(src.file, what, `${src.file}: ${what} at byte ${at}: checksum ${want.toString(16).padStart(8, '0')} stored, the bytes give ${got.toString(16).padStart(8, '0')}`);
+}
+
 /** Version 2: "OHDR", flags, optional times and attribute phase limits, chunk size, messages, checksum. */
 function readHeaderV2(src: Source, sizes: Sizes, address: number, what: string): Message[] {
   const head = new Cursor(src.read(address, 6, what), sizes, `${src.file}: ${what}`, address);
@@ -542,6 +596,10 @@ function readHeaderV2(src: Source, sizes: Sizes, address: number, what: string):
   const rest = new Cursor(src.read(address + 6, optional + chunkSizeBytes, what), sizes, head.what, address + 6);
   rest.skip(optional);
   const chunk0 = rest.uint(chunkSizeBytes);
+  const prefix = 6 + optional + chunkSizeBytes;
+  if (chunk0 > src.size) throw head.fail(`chunk 0 of ${chunk0} bytes is larger than the file`);
+  // the checksum covers the prefix and chunk 0 and follows them
+  checkSum(src, address, src.read(address, prefix + chunk0, what), what);
   const trackOrder = (flags & 0x04) !== 0;
   const messages: Message[] = [];
   const blocks: [number, number][] = [[address + 6 + optional + chunkSizeBytes, chunk0]];
@@ -550,8 +608,10 @@ function readHeaderV2(src: Source, sizes: Sizes, address: number, what: string):
     const [pos, len] = blocks[b];
     if (seen.has(pos)) throw head.fail(`continuation loop at byte ${pos}`);
     seen.add(pos);
-    const c = new Cursor(src.read(pos, len, what), sizes, head.what, pos);
+    const bytes = src.read(pos, len, what);
+    const c = new Cursor(bytes, sizes, head.what, pos);
     if (b > 0) c.signature('OCHK');
+    if (b > 0 && len >= 8) checkSum(src, pos, bytes.subarray(0, len - 4), `${what} (continuation block)`);
     const end = b > 0 ? len - 4 : len; // continuation blocks end with a checksum; chunk 0's follows its size
     const headerSize = trackOrder ? 6 : 4;
     while (end - c.pos >= headerSize) {
@@ -835,7 +895,9 @@ function decodeElement(type: H5Type, c: Cursor, heap: GlobalHeap): string | numb
       const length = c.u32();
       const address = c.address();
       const index = c.u32();
-      if (length === 0) return '';
+      // an empty string may still name a heap object (our writer's do): read it, so that its collection
+      // counts as referenced (checkUnreferenced)
+      if (length === 0 && (address === 0 || address === UNDEFINED)) return '';
       return utf8(heap.object(address, index, c.what).subarray(0, length));
     }
     default:
@@ -1041,6 +1103,33 @@ function checkExtents(src: Source, datasets: ReadonlyMap<string, H5Dataset>): vo
       if (meta[i][1] > d.offset) fail(d, `the metadata (${meta[i][2]})`, meta[i][0], meta[i][1]);
     }
   }
+  checkUnreferenced(src, distinct);
+}
+
+/**
+ * The HDF5 library leaves no stray bytes: below the end-of-file address every byte is metadata, a dataset's
+ * data, or space it allocated and never wrote (unused parts of metadata blocks, zero-filled). So bytes that
+ * nothing references must be zero. Nonzero ones are data that lost its reference: a data address changed to
+ * point into free space would otherwise load zeros silently while the weights it named sit unreferenced
+ * (found by the fuzzer: an address flip in a .lora.h5 that every other check passes).
+ */
+function checkUnreferenced(src: Source, data: readonly H5Dataset[]): void {
+  const spans = [...src.metadata.map(([b, e]) => [b, e] as const), ...data.map((d) => [d.offset, d.offset + d.byteLength] as const)].sort((a, b) => a[0] - b[0]);
+  const zero = (from: number, to: number): void => {
+    for (let pos = from; pos < to; pos += 1 << 20) {
+      const bytes = src.read(pos, Math.min(1 << 20, to - pos), 'unreferenced bytes', false);
+      const i = bytes.findIndex((b) => b !== 0);
+      if (i >= 0) {
+        throw new FormatError(src.file, 'layout', `${src.file}: bytes ${from}..${to} are referenced by no object, yet byte ${pos + i} is ${bytes[i]}, not 0 (data whose address was changed?)`);
+      }
+    }
+  };
+  let at = 0;
+  for (const [b, e] of spans) {
+    if (b > at) zero(at, b);
+    at = Math.max(at, e);
+  }
+  if (at < src.size) zero(at, src.size);
 }
 
 /** The object header address of each dataset. */

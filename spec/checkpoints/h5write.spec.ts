@@ -102,7 +102,7 @@ test('any tree of float32 datasets and string attributes round-trips bit for bit
           h.close();
         }
       }),
-      { numRuns: 40 },
+      { numRuns: Number(process.env.H5_RUNS ?? 40) },
     );
     t.pass();
   } finally {

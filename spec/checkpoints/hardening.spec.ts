@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FormatError } from '../../checkpoints/errors';
 import { writeH5 } from '../../checkpoints/h5write';
+import { lookup3, openH5 } from '../../checkpoints/h5';
 import { readKerasWeights, readPresetConfig, readWeightsFiles } from '../../checkpoints/keras';
 import { crc32, readNpz, writeNpz } from '../../checkpoints/npz';
 import { readSafetensors, readSafetensorsFile, writeSafetensors } from '../../checkpoints/safetensors';
@@ -81,6 +82,35 @@ test('HDF5: a data address into another dataset, or into the metadata, is refuse
   t.deepEqual([e.file, e.field], [file, 'b']);
   const meta = patchedH5(tempDir(t), () => 0).file;
   t.regex(formatError(t, () => readWeightsFiles([meta])).message, new RegExp(`^${meta}: dataset "b" \\(bytes 0\\.\\.16\\) overlaps the metadata \\(signature\\) \\(bytes 0\\.\\.8\\)$`));
+});
+
+test('HDF5: a data address moved into free space is refused: the data it named is left unreferenced, and is not zero', (t) => {
+  // the fuzzer's case: one bit of a .lora.h5 data address (byte 23059, ^4) moves a dataset onto unused
+  // (zero) bytes; every other check passes, and it would load zeros
+  const file = path.join(tempDir(t), 'adapter.lora.h5');
+  const bytes = fs.readFileSync('spec/fixtures/train/lora_forward_grad/adapter.lora.h5');
+  bytes[23059] ^= 4;
+  fs.writeFileSync(file, bytes);
+  const e = formatError(t, () => readWeightsFiles([file]));
+  t.is(e.message, `${file}: bytes 4808..4936 are referenced by no object, yet byte 4808 is 179, not 0 (data whose address was changed?)`);
+  t.deepEqual([e.file, e.field], [file, 'layout']);
+});
+
+test('HDF5: version 2 object headers and superblocks are checked against their lookup3 checksums', (t) => {
+  t.is(lookup3(new Uint8Array(0)), 0xdeadbeef);
+  // Bob Jenkins' published values for hashlittle("Four score and seven years ago", 30, 0) and initval 0 on ""
+  t.is(lookup3(new TextEncoder().encode('Four score and seven years ago')), 0x17770551);
+  const src = fs.readFileSync('spec/checkpoints/fixtures/types_latest.h5');
+  const header = src.indexOf('OHDR', 48);
+  const file = path.join(tempDir(t), 'types_latest.h5');
+  const bytes = Buffer.from(src);
+  bytes[header + 20] ^= 0x10;
+  fs.writeFileSync(file, bytes);
+  t.regex(formatError(t, () => openH5(file)).message, new RegExp(`^${file}: .* at byte ${header}: checksum [0-9a-f]{8} stored, the bytes give [0-9a-f]{8}$`));
+  const sb = Buffer.from(src);
+  sb[12] ^= 1; // superblock v3: a flag byte
+  fs.writeFileSync(file, sb);
+  t.regex(formatError(t, () => openH5(file)).message, new RegExp(`^${file}: the superblock at byte 0: checksum [0-9a-f]{8} stored, the bytes give [0-9a-f]{8}$`));
 });
 
 test('npz: corrupted data fails its CRC-32 (numpy refuses it too)', (t) => {
