@@ -182,6 +182,27 @@ test('make-shapes writes PNGs and a JSONL that read back as the scenes and their
   t.deepEqual(missing.errors, ['paligemma make-shapes: missing --out <dir>', hint]);
 });
 
+test('make-shapes --tasks colour-count: one "how many <colour> shapes?" per picture, answered by counting the scene', async (t) => {
+  const out = tempDir(t, 'pg-shapes-');
+  const io = capture();
+  t.is(await main(['make-shapes', '--out', out, '--count', '40', '--seed', '3', '--tasks', 'colour-count'], io), 0);
+  t.deepEqual(io.lines, [`wrote 40 pictures and 40 records to ${path.join(out, 'shapes.jsonl')}`]);
+  const lines = fs.readFileSync(path.join(out, 'shapes.jsonl'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
+  const seen = new Set<string>();
+  lines.forEach((r, i) => {
+    const m = /^answer en how many (red|green|blue|yellow) shapes\?$/.exec(r.prefix);
+    t.truthy(m, r.prefix);
+    seen.add(`${m![1]}:${r.suffix}`);
+    t.is(r.image, `images/${String(i).padStart(6, '0')}.png`);
+    t.is(r.suffix, String(makeScene(3, i).shapes.filter((s) => s.colour === m![1]).length));
+  });
+  t.true([...seen].some((k) => k.endsWith(':0')) && [...seen].some((k) => !k.endsWith(':0')), 'zero and non-zero answers both occur');
+  t.is(new Set([...seen].map((k) => k.split(':')[0])).size, 4, 'every colour is asked about');
+  const bad = capture();
+  t.is(await main(['make-shapes', '--out', out, '--tasks', 'colours'], bad), 2);
+  t.is(bad.errors[0], "paligemma make-shapes: --tasks must be one of all, colour-count; got 'colours'");
+});
+
 test('iou and detectionMatches: analytic boxes, labels, counts and order', (t) => {
   t.is(iou({ yMin: 0, xMin: 0, yMax: 2, xMax: 2 }, { yMin: 1, xMin: 1, yMax: 3, xMax: 3 }), 1 / 7);
   t.is(iou({ yMin: 0, xMin: 0, yMax: 1, xMax: 1 }, { yMin: 2, xMin: 2, yMax: 3, xMax: 3 }), 0);

@@ -1,7 +1,8 @@
 /**
- * `paligemma make-shapes --out DIR --count N --seed S`: writes the shapes data set (src/train/shapes.ts) as
- * PNG pictures and one JSONL of `{image, prefix, suffix}` records (image paths relative to the JSONL), every
- * task of every picture: caption, count, one detection per kind present.
+ * `paligemma make-shapes --out DIR --count N --seed S [--tasks all|colour-count]`: writes the shapes data set
+ * (src/train/shapes.ts) as PNG pictures and one JSONL of `{image, prefix, suffix}` records (image paths
+ * relative to the JSONL): every task of every picture (caption, count, one detection per kind present), or
+ * one colour-count question per picture, the task the README fine-tunes the shipped model on with LoRA.
  *
  *   DIR/shapes.jsonl
  *   DIR/images/000000.png ...
@@ -11,7 +12,7 @@ import * as path from 'node:path';
 import { PNG } from 'pngjs';
 import { writeFileAtomic } from '../../checkpoints/atomic';
 import { defineCommand } from './command';
-import { makeScene, renderScene, sceneTasks, SHAPES_IMAGE_SIZE } from '../train/shapes';
+import { colourCountTask, makeScene, renderScene, sceneTasks, SHAPES_IMAGE_SIZE } from '../train/shapes';
 
 export interface ShapesRecord {
   readonly image: string;
@@ -29,8 +30,11 @@ export function encodePng(image: { height: number; width: number; data: Uint8Arr
   return new Uint8Array(PNG.sync.write(png));
 }
 
+/** Which records: every task the shipped model knows, or the colour-count task it does not (shapes.ts). */
+export type ShapesTasks = 'all' | 'colour-count';
+
 /** Writes pictures 0 .. count - 1 of `seed` and their records; returns the records (in file order). */
-export function writeShapesDataset(dir: string, seed: number, count: number, size = SHAPES_IMAGE_SIZE): ShapesRecord[] {
+export function writeShapesDataset(dir: string, seed: number, count: number, size = SHAPES_IMAGE_SIZE, tasks: ShapesTasks = 'all'): ShapesRecord[] {
   if (fs.existsSync(dir) && !fs.statSync(dir).isDirectory()) throw new Error(`--out ${dir} is a file, not a directory`);
   fs.mkdirSync(path.join(dir, 'images'), { recursive: true });
   const records: ShapesRecord[] = [];
@@ -39,7 +43,7 @@ export function writeShapesDataset(dir: string, seed: number, count: number, siz
     const scene = makeScene(seed, i, size);
     const image = `images/${String(i).padStart(digits, '0')}.png`;
     writeFileAtomic(path.join(dir, image), encodePng(renderScene(scene)));
-    for (const t of sceneTasks(scene)) records.push({ image, prefix: t.prefix, suffix: t.suffix });
+    for (const t of tasks === 'all' ? sceneTasks(scene) : [colourCountTask(scene, seed, i)]) records.push({ image, prefix: t.prefix, suffix: t.suffix });
   }
   writeFileAtomic(path.join(dir, 'shapes.jsonl'), records.map((r) => JSON.stringify(r) + '\n').join(''));
   return records;
@@ -54,9 +58,15 @@ export const makeShapesCommand = defineCommand({
     count: { type: 'integer', help: 'how many pictures', default: 100, min: 1, max: 1_000_000 },
     seed: { type: 'integer', help: 'the data seed: picture i of a seed is always the same', default: 0, min: 0, max: 0xffffffff },
     size: { type: 'integer', help: 'picture side in pixels', default: SHAPES_IMAGE_SIZE, min: 13, max: 1024 },
+    tasks: {
+      type: 'string',
+      help: "all: caption, count and one detection per kind present, per picture; colour-count: one 'answer en how many <colour> shapes?' per picture (a task the shipped model was not trained on)",
+      default: 'all',
+      choices: ['all', 'colour-count'],
+    },
   },
   async run(flags, _positionals, io) {
-    const records = writeShapesDataset(flags.out, flags.seed, flags.count, flags.size);
+    const records = writeShapesDataset(flags.out, flags.seed, flags.count, flags.size, flags.tasks as ShapesTasks);
     io.out(`wrote ${flags.count} pictures and ${records.length} records to ${path.join(flags.out, 'shapes.jsonl')}`);
     return 0;
   },

@@ -187,6 +187,18 @@ export function sceneTasks(scene: Scene): TaskRecord[] {
   ];
 }
 
+/**
+ * A task the shipped model was NOT trained on, for fine-tuning it (the README's LoRA example):
+ * `answer en how many <colour> shapes?` -> the number of shapes of that colour (0 to 3). One record per
+ * picture, the colour drawn from the picture's own stream (so roughly half the answers are 0).
+ */
+export const colourCountPrefix = (colour: Colour): string => `answer en how many ${colour} shapes?`;
+
+export function colourCountTask(scene: Scene, seed: number, index: number): TaskRecord {
+  const colour = COLOURS[shapesRng(seed ^ 0x27d4eb2f, index)(COLOURS.length)];
+  return { prefix: colourCountPrefix(colour), suffix: String(scene.shapes.filter((s) => s.colour === colour).length) };
+}
+
 /** The task family of a prefix, for per-prefix accuracy (`detect <kind>` -> `detect`). */
 export const taskOf = (prefix: string): string => (prefix.startsWith('detect ') ? 'detect' : prefix);
 
