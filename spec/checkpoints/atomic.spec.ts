@@ -9,6 +9,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pidAlive, recoverDir, writeDirAtomic, writeFileAtomic } from '../../checkpoints/atomic';
 import { tempDir } from '../helpers/files';
+import * as d from '../../dsl';
+import { fromPreset } from '../../src/runtime/preset';
 import { WRITERS, readVersion, writeVersion } from './atomic_writers';
 
 const CHILD = path.resolve('dist/spec/checkpoints/atomic_child.main.js');
@@ -97,6 +99,20 @@ test('recoverDir: a directory left aside by a dead writer is put back; a live wr
   // the next write removes the dead writer's temporary
   writeDirAtomic(dir, (tmp) => fs.writeFileSync(path.join(tmp, 'w'), 'new'));
   t.deepEqual(fs.readdirSync(parent), ['ckpt']);
+});
+
+test('fromPreset of a preset whose save was killed between its renames loads the previous version (put back from aside)', async (t) => {
+  const parent = tempDir(t);
+  const dir = path.join(parent, 'tiny');
+  const dead = 4194304;
+  fs.cpSync('checkpoints/tiny', path.join(parent, `.tiny.old-${dead}.abc`), { recursive: true });
+  const params = fromPreset(dir);
+  const shipped = fromPreset('checkpoints/tiny');
+  t.deepEqual(params.config, shipped.config);
+  t.deepEqual(await params.token_embedding[0].tensor.data(), await shipped.token_embedding[0].tensor.data());
+  t.deepEqual(fs.readdirSync(parent), ['tiny']);
+  d.disposeTree(params);
+  d.disposeTree(shipped);
 });
 
 test('writeFileAtomic: temporaries of dead writers are removed by the next write of the same file', (t) => {

@@ -49,6 +49,7 @@ import type { PaliGemmaParams } from '../../models/paligemma';
 import { PRESETS, closestPresetNames, findPreset, findPresetByHandle, findShippedPreset, type PresetInfo, type ShippedPreset } from '../../checkpoints/presets';
 import { assertFitsBackend } from './backend';
 import { FormatError, guarded } from '../../checkpoints/errors';
+import { recoverDir } from '../../checkpoints/atomic';
 import { MAX_CONFIG_BYTES, joinInside, readJsonFile, readRegularFile, segmentProblem } from '../../checkpoints/files';
 import { tf } from '../../dsl/tf';
 
@@ -312,6 +313,15 @@ export function resolvePreset(preset: string): ResolvedPreset {
   if (scheme !== undefined) throw new Error(`fromPreset("${preset}"): the ${scheme}:// scheme is not supported here. ${FORMS}`);
 
   const local = expandHome(preset);
+  // a save killed between its two renames (checkpoints/atomic.ts writeDirAtomic) left the previous, complete
+  // version aside: put it back, as the next save would (best effort: a read-only place stays as it is)
+  if (!fs.existsSync(local)) {
+    try {
+      recoverDir(local);
+    } catch {
+      // not ours to fix: the error below names the missing directory
+    }
+  }
   if (isDir(local) || (local.endsWith('.npz') && fs.existsSync(local))) return found(path.resolve(local), undefined, '');
   if (/[/\\]/.test(preset) || preset.startsWith('.') || preset.startsWith('~') || fs.existsSync(local)) {
     throw new Error(`fromPreset("${preset}"): ${path.resolve(local)} is not a directory. ${FORMS}`);
