@@ -13,10 +13,9 @@ import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
-import { decoderBlock, isSlidingLayer, type Hidden, type KV } from '../../models/gemma';
 import { backbone, decode, embedInputs, logits, lookup, type BackboneInputs, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
-import { head, int32Rows, type LayerCache, type StepOutput, type TransposedEmbedding } from './generate';
+import { decodeLayers, int32Rows, lastPromptRows, prefillOutput, stepInputs, type LayerCache, type StepInputs, type StepOutput, type TransposedEmbedding } from './generate';
 
 type Rows2 = Named<readonly ['batch', 'seq']>;
 
@@ -32,42 +31,15 @@ interface PrefillTensors {
 function prefillPure(p: PaliGemmaParams, x: PrefillTensors, length: number, compat: 'keras_hub' | null): StepOutput {
   const batch = x.tokenIds.size('batch');
   const width = x.tokenIds.size('seq');
-  const n = imageSequenceLength(p.config);
   const responseMask = d.named(tf.zeros([batch, width], 'int32'), ['batch', 'seq'] as const);
   const h0 = embedInputs(p, { images: x.images, token_ids: x.tokenIds, padding_mask: x.paddingMask, response_mask: responseMask });
   const { x: h, cache } = decode(p, h0, x.paddingMask, responseMask, { compat: compat ?? undefined });
-  const flat = tf.reshape(h.tensor, [batch * (n + width), h.size('embed')]);
-  const last = d.named(tf.gather(flat, x.lastRows.tensor), ['batch', 'embed'] as const);
-  const grow = (kv: KV) => d.pad(kv, 'key_seq', 0, length - width) as KV;
-  return { logits: head(p, last), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
+  return prefillOutput(p, h, cache, x.lastRows.tensor as tf.Tensor1D, length);
 }
 
-interface StepTensors {
-  readonly tokenIds: Rows2;
-  /** int32 [batch, seq = 1]: each row's cache position. */
-  readonly positions: Rows2;
-  /** bool [batch, seq = 1, key_seq]: keys visible to the new token (full and sliding-window layers). */
-  readonly full: Named<readonly ['batch', 'seq', 'key_seq']>;
-  readonly sliding: Named<readonly ['batch', 'seq', 'key_seq']>;
-  /** bool [batch, key_seq]: where each active row writes its new K/V. */
-  readonly writeMask: Named<readonly ['batch', 'key_seq']>;
-}
-
-/** The pure decode step (the layer loop of generate.ts `decodeStep` with tensor positions). */
-function decodeStepPure(p: PaliGemmaParams, cache: readonly LayerCache[], x: StepTensors, compat: 'keras_hub' | null, transposed: TransposedEmbedding | null): StepOutput {
-  const c = p.config;
-  const batch = x.tokenIds.size('batch');
-  // sqrt(D) rounded to float32 first, as embedInputs (keras_hub) does
-  let h = d.scale(lookup(p.token_embedding, x.tokenIds), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
-  const next: LayerCache[] = [];
-  p.layers.forEach((layer, i) => {
-    const mask = isSlidingLayer(c, i) ? x.sliding : x.full;
-    const out = decoderBlock(layer, c, h, { mask, positions: x.positions, cache: { ...cache[i], writeMask: x.writeMask }, compat: compat ?? undefined });
-    h = out.x;
-    next.push({ key: out.key, value: out.value });
-  });
-  const last = d.named(tf.reshape(h.tensor, [batch, h.size('embed')]), ['batch', 'embed'] as const);
-  return { logits: head(p, last, transposed ?? undefined), cache: next };
+/** The decode step as a graph: positions are a tensor (host positions would be constants of the trace). */
+function decodeStepPure(p: PaliGemmaParams, cache: readonly LayerCache[], x: StepInputs & { readonly positions: Rows2 }, compat: 'keras_hub' | null, transposed: TransposedEmbedding | null): StepOutput {
+  return decodeLayers(p, cache, x, compat ?? undefined, transposed ?? undefined);
 }
 
 /** The backbone's sequence_output and the causal LM's logits in one graph. */
@@ -113,7 +85,7 @@ export function prefillCompiled(
     images,
     tokenIds: d.named(int32Rows(tokenIds, width), ['batch', 'seq'] as const),
     paddingMask: d.named(tf.tensor2d(mask, [batch, width], 'int32'), ['batch', 'seq'] as const),
-    lastRows: d.named(tf.tensor1d(Int32Array.from(promptLengths, (len, b) => b * (n + width) + n + len - 1), 'int32'), ['batch'] as const),
+    lastRows: d.named(tf.tensor1d(lastPromptRows(n, width, promptLengths), 'int32'), ['batch'] as const),
   };
   try {
     return prefillJit(p, x, length, compat ?? null);
@@ -132,28 +104,7 @@ export function decodeStepCompiled(
   compat?: 'keras_hub',
   transposed?: TransposedEmbedding,
 ): StepOutput {
-  const c = p.config;
-  const batch = tokenIds.length;
-  const length = cache[0].key.size('key_seq');
-  const visible = (window?: number) => {
-    const m = new Uint8Array(batch * length);
-    for (let b = 0; b < batch; b++) {
-      const pos = cachePositions[b];
-      const from = window === undefined ? 0 : Math.max(0, pos - (window - 1));
-      for (let j = from; j <= pos && j < length; j++) m[b * length + j] = 1;
-    }
-    return d.named(tf.tensor3d(m, [batch, 1, length], 'bool'), ['batch', 'seq', 'key_seq'] as const);
-  };
-  const write = new Uint8Array(batch * length);
-  for (let b = 0; b < batch; b++) if (active[b]) write[b * length + cachePositions[b]] = 1;
-  const full = visible();
-  const x: StepTensors = {
-    tokenIds: d.named(tf.tensor2d(Int32Array.from(tokenIds), [batch, 1], 'int32'), ['batch', 'seq'] as const),
-    positions: d.named(tf.tensor2d(Int32Array.from(cachePositions), [batch, 1], 'int32'), ['batch', 'seq'] as const),
-    full,
-    sliding: c.use_sliding_window_attention ? visible(c.sliding_window_size) : full,
-    writeMask: d.named(tf.tensor2d(write, [batch, length], 'bool'), ['batch', 'key_seq'] as const),
-  };
+  const x = stepInputs(p.config, tokenIds, cachePositions, active, cache[0].key.size('key_seq'), 'tensor') as StepInputs & { readonly positions: Rows2 };
   try {
     return decodeJit(p, cache, x, compat ?? null, transposed ?? null);
   } finally {

@@ -277,13 +277,97 @@ export function prefill(
     const hostPad = promptLengths.map((len) => Int32Array.from({ length: width }, (_, i) => (i < len ? 1 : 0)));
     const hostResp = promptLengths.map(() => new Int32Array(width));
     const { x: h, cache } = decode(p, x, hostPad, hostResp, { compat }); // [batch, N + width, embed]
-    // each row's hidden state at its last prompt position, N + P_r - 1
-    const rows = Int32Array.from(promptLengths, (len, b) => b * (n + width) + n + len - 1);
-    const flat = tf.reshape(h.tensor, [batch * (n + width), h.size('embed')]);
-    const last = d.named(tf.gather(flat, tf.tensor1d(rows, 'int32')), ['batch', 'embed'] as const);
-    const grow = (kv: KV) => d.pad(kv, 'key_seq', 0, length - width) as KV;
-    return { logits: head(p, last, transposed), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
+    return prefillOutput(p, h, cache, tf.tensor1d(lastPromptRows(n, width, promptLengths), 'int32'), length, transposed);
   });
+}
+
+/** The flat row (in [batch * (N + width)]) of each row's last prompt position: b * (N + width) + N + P_b - 1. */
+export const lastPromptRows = (n: number, width: number, promptLengths: readonly number[]): Int32Array => Int32Array.from(promptLengths, (len, b) => b * (n + width) + n + len - 1);
+
+/**
+ * Prefill's end, eager and compiled: the logits at each row's last prompt position (`lastRows`, flat rows
+ * of `h` as `lastPromptRows` gives them) and every layer's K/V zero-padded to N + `length` keys.
+ */
+export function prefillOutput(p: PaliGemmaParams, h: Named<readonly ['batch', 'seq', 'embed']>, cache: readonly LayerCache[], lastRows: tf.Tensor1D, length: number, transposed?: TransposedEmbedding): StepOutput {
+  const [batch, seq, embed] = h.shape;
+  const width = seq - imageSequenceLength(p.config);
+  const last = d.named(tf.gather(tf.reshape(h.tensor, [batch * seq, embed]), lastRows), ['batch', 'embed'] as const);
+  const grow = (kv: KV) => d.pad(kv, 'key_seq', 0, length - width) as KV;
+  return { logits: head(p, last, transposed), cache: cache.map((c) => ({ key: grow(c.key), value: grow(c.value) })) };
+}
+
+type StepRows = Named<readonly ['batch', 'seq']>;
+
+/**
+ * A decode step's inputs besides params and cache, as tensors: built on the host from the step's numbers
+ * (`stepInputs`), so the eager step and the compiled one (compiled.ts: one graph for every step) run the
+ * same `decodeLayers` on them.
+ */
+export interface StepInputs {
+  /** int32 [batch, seq = 1]: each row's new token. */
+  readonly tokenIds: StepRows;
+  /** Each row's cache position, [batch, seq = 1]: host values (eager: RoPE's angles on the host, see d.rope) or an int32 tensor (a graph). */
+  readonly positions: d.HostPositions | StepRows;
+  /** bool [batch, seq = 1, key_seq]: keys visible to the new token, on full and on sliding-window layers. */
+  readonly full: Named<readonly ['batch', 'seq', 'key_seq']>;
+  readonly sliding: Named<readonly ['batch', 'seq', 'key_seq']>;
+  /** bool [batch, key_seq]: where each active row writes its new K/V. */
+  readonly writeMask: Named<readonly ['batch', 'key_seq']>;
+}
+
+/**
+ * The inputs of a step that feeds `tokenIds[r]` at cache position `cachePositions[r]`: keys j <= position
+ * visible (and j >= position - (window - 1) on sliding layers), K/V written there by rows with `active[r]`.
+ * The caller disposes the tensors (`sliding` may be `full`).
+ */
+export function stepInputs(
+  c: PaliGemmaParams['config'],
+  tokenIds: readonly number[],
+  cachePositions: readonly number[],
+  active: readonly boolean[],
+  length: number,
+  positions: 'host' | 'tensor',
+): StepInputs {
+  const batch = tokenIds.length;
+  const visible = (window?: number) => {
+    const m = new Uint8Array(batch * length);
+    for (let b = 0; b < batch; b++) {
+      const pos = cachePositions[b];
+      const from = window === undefined ? 0 : Math.max(0, pos - (window - 1));
+      for (let j = from; j <= pos && j < length; j++) m[b * length + j] = 1;
+    }
+    return d.named(tf.tensor3d(m, [batch, 1, length], 'bool'), ['batch', 'seq', 'key_seq'] as const);
+  };
+  const write = new Uint8Array(batch * length);
+  for (let b = 0; b < batch; b++) if (active[b]) write[b * length + cachePositions[b]] = 1;
+  const full = visible();
+  return {
+    tokenIds: d.named(tf.tensor2d(Int32Array.from(tokenIds), [batch, 1], 'int32'), ['batch', 'seq'] as const),
+    positions:
+      positions === 'host'
+        ? { axes: ['batch', 'seq'], shape: [batch, 1], values: cachePositions }
+        : d.named(tf.tensor2d(Int32Array.from(cachePositions), [batch, 1], 'int32'), ['batch', 'seq'] as const),
+    full,
+    sliding: c.use_sliding_window_attention ? visible(c.sliding_window_size) : full,
+    writeMask: d.named(tf.tensor2d(write, [batch, length], 'bool'), ['batch', 'key_seq'] as const),
+  };
+}
+
+/** The decode step on its inputs: the new tokens' embeddings through every layer (reading and writing its cache), then the head. */
+export function decodeLayers(p: PaliGemmaParams, cache: readonly LayerCache[], x: StepInputs, compat?: 'keras_hub', transposed?: TransposedEmbedding): StepOutput {
+  const c = p.config;
+  const batch = x.tokenIds.size('batch');
+  // sqrt(D) rounded to float32 first, as embedInputs (keras_hub) does
+  let h = d.scale(lookup(p.token_embedding, x.tokenIds), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
+  const next: LayerCache[] = [];
+  p.layers.forEach((layer, i) => {
+    const mask = isSlidingLayer(c, i) ? x.sliding : x.full;
+    const out = decoderBlock(layer, c, h, { mask, positions: x.positions, cache: { ...cache[i], writeMask: x.writeMask }, compat });
+    h = out.x;
+    next.push({ key: out.key, value: out.value });
+  });
+  const last = d.named(tf.reshape(h.tensor, [batch, h.size('embed')]), ['batch', 'embed'] as const);
+  return { logits: head(p, last, transposed), cache: next };
 }
 
 /**
@@ -301,39 +385,7 @@ export function decodeStep(
   compat?: 'keras_hub',
   transposed?: TransposedEmbedding,
 ): StepOutput {
-  return d.scoped(() => {
-    const c = p.config;
-    const batch = tokenIds.length;
-    const length = cache[0].key.size('key_seq');
-    const visible = (window?: number) => {
-      const m = new Uint8Array(batch * length);
-      for (let b = 0; b < batch; b++) {
-        const pos = cachePositions[b];
-        const from = window === undefined ? 0 : Math.max(0, pos - (window - 1));
-        for (let j = from; j <= pos && j < length; j++) m[b * length + j] = 1;
-      }
-      return d.named(tf.tensor3d(m, [batch, 1, length], 'bool'), ['batch', 'seq', 'key_seq'] as const);
-    };
-    const full = visible();
-    const sliding = c.use_sliding_window_attention ? visible(c.sliding_window_size) : full;
-    const write = new Uint8Array(batch * length);
-    for (let b = 0; b < batch; b++) if (active[b]) write[b * length + cachePositions[b]] = 1;
-    const writeMask = d.named(tf.tensor2d(write, [batch, length], 'bool'), ['batch', 'key_seq'] as const);
-    // host positions: RoPE's angles on the host (the backends' sin/cos are not precise enough, see d.rope)
-    const positions: d.HostPositions = { axes: ['batch', 'seq'], shape: [batch, 1], values: cachePositions };
-    const ids = d.named(tf.tensor2d(Int32Array.from(tokenIds), [batch, 1], 'int32'), ['batch', 'seq'] as const);
-    // sqrt(D) rounded to float32 first, as embedInputs (keras_hub) does
-    let h = d.scale(lookup(p.token_embedding, ids), Math.fround(Math.sqrt(c.hidden_dim))) as unknown as Hidden;
-    const next: LayerCache[] = [];
-    p.layers.forEach((layer, i) => {
-      const mask = isSlidingLayer(c, i) ? sliding : full;
-      const out = decoderBlock(layer, c, h, { mask, positions, cache: { ...cache[i], writeMask }, compat });
-      h = out.x;
-      next.push({ key: out.key, value: out.value });
-    });
-    const last = d.named(tf.reshape(h.tensor, [batch, h.size('embed')]), ['batch', 'embed'] as const);
-    return { logits: head(p, last, transposed), cache: next };
-  });
+  return d.scoped(() => decodeLayers(p, cache, stepInputs(p.config, tokenIds, cachePositions, active, cache[0].key.size('key_seq'), 'host'), compat, transposed));
 }
 
 // -------------------------------------------------------------------------------------------------
