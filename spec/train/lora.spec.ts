@@ -30,7 +30,7 @@ backendTest('lora_forward_grad: forward, loss and the 24 trainable gradients mat
   const grads = m.gradients as Record<string, Entry>;
   t.is(c.gradients.size, Object.keys(grads).length, 'one gradient per trainable variable');
   for (const [k, e] of Object.entries(grads)) assertClose(t, c.gradients.get(k)!.data, readBin(dir, e) as Float32Array, 1e-4, 1e-3, `grad ${k}`);
-}, { webgpu: true });
+}, { webgpu: true, onnx: true });
 
 backendTest('train_trajectory_lora: losses, final adapters and biases, and the saved .lora.h5 match keras_hub', async (t) => {
   const dir = path.join(root, 'train_trajectory_lora');
@@ -55,7 +55,7 @@ backendTest('train_trajectory_lora: losses, final adapters and biases, and the s
     assertClose(t, mine.adapters[i].a.values, a.a.values, 1e-6, 1e-5, `${a.layer} A`);
     assertClose(t, mine.adapters[i].b.values, a.b.values, 1e-6, 1e-5, `${a.layer} B`);
   });
-}); // passes on webgpu too (27 s on SwiftShader, measured); left to cpu and wasm to keep the suite short
+}, { onnx: true }); // passes on webgpu too (27 s on SwiftShader, measured); left to cpu, wasm and onnx to keep the suite short
 
 function tiny(): PaliGemmaParams {
   return loadPreset(path.join(root, 'lora_forward_grad', 'preset'));

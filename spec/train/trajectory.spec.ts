@@ -35,7 +35,7 @@ for (const name of ['train_trajectory_full', 'train_trajectory_adamw']) {
       const noise = /(key_proj|attention\/key)\/bias$/.test(k);
       assertClose(t, c.weights_final!.get(k)!.data, want, noise ? Math.max(1e-6, 3 * lr * 1e-3) : 1e-6, 1e-5, `weights_final ${k}`);
     }
-  });
+  }, { onnx: true });
 }
 
 backendTest('preprocess_train: packed ids and masks exact, converted images, and the end-to-end loss of keras_hub', async (t) => {
@@ -52,7 +52,7 @@ backendTest('preprocess_train: packed ids and masks exact, converted images, and
     assertClose(t, c.runs!.get(name)!.get('x_images')!.data, readBin(dir, run.x_images), 1e-6, 0, `${name} x_images`);
   }
   assertClose(t, c.outputs.get('end_to_end_loss')!.data, readBin(dir, m.outputs.end_to_end_loss) as Float32Array, 1e-5, 0, 'end_to_end_loss');
-});
+}, { onnx: true });
 
 test('optimizerOf: the manifest optimizer, its exclusions checked against the fixture, others refused by name', (t) => {
   const dir = path.join(root, 'train_trajectory_adamw');

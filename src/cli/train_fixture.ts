@@ -24,7 +24,10 @@ import { loadPreset } from '../runtime/preset';
 import { causalLmLoss } from '../train/loss';
 import { adam, adamw, clipByGlobalNormAsync, disposeState, kerasVariableName as kerasName, sgd } from '../train/optim';
 import { selectTrainable, trainableOf, valueAndGradTrainable, withLeaves, type Trainable } from '../train/select';
-import type { Optimizer, TrainBatch } from '../train/api';
+import type { LossReport, Optimizer, TrainBatch } from '../train/api';
+import { lossAndGradsCompiled, lossCompiled, updateCompiled } from '../train/compiled';
+import { forwardCompiled } from '../generate/compiled';
+import { compiledModels } from '../runtime/backend';
 import { adaptersOf, loraSpecs, loraTrainable, withAdapters } from '../train/lora';
 import { readLoraH5, writeLoraH5, type LoraFile } from '../../checkpoints/lora';
 import { fixtureInputs, readBin, type Manifest } from './fixture';
@@ -196,11 +199,13 @@ export async function trajectory(
   let firstGrads: Trainable = {};
   for (let step = 0; step < steps; step++) {
     const full = withLeaves(params, current);
-    const { value, grads } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }).loss, full, current);
-    losses.push((await value.data())[0]);
-    value.dispose();
+    // the onnx backend: the loss and gradients as one session run, the update as another (src/train/compiled.ts)
+    const compiled = compiledModels();
+    const { report, grads } = compiled ? lossAndGradsCompiled(full, current, batch, { compat }) : eagerLossAndGrads(full, current, batch, compat);
+    losses.push((await report.loss.data())[0]);
+    tf.dispose([report.loss, report.correct, report.weight]);
     const clipped = await clip(grads, clipping);
-    const next = optimizer.update(current, clipped, state, learningRate);
+    const next = compiled ? updateCompiled(optimizer, current, clipped, state, learningRate) : optimizer.update(current, clipped, state, learningRate);
     if (clipped !== grads) d.disposeTree(clipped);
     if (step === 0) firstGrads = grads;
     else d.disposeTree(grads);
@@ -211,6 +216,11 @@ export async function trajectory(
   }
   disposeState(state);
   return { losses, firstGrads, params: withLeaves(params, current) };
+}
+
+function eagerLossAndGrads(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, compat?: 'keras_hub'): { report: LossReport; grads: Trainable } {
+  const { grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }), params, trainable);
+  return { report: report!, grads };
 }
 
 /** The fixture's `.lora.h5` (`lora.lora_file`, or `adapter.lora.h5`). */
@@ -232,16 +242,19 @@ export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainCo
   const saved = await adaptersOf(params);
   const files = new Map<string, (out: string) => void>([[path.basename(file), (out) => writeLoraH5(out, params.config, saved)]]);
   try {
-    const seq = backbone(params, batch, { compat });
-    const l = logits(params, seq);
+    const compiled = compiledModels();
+    const { sequence_output: seq, logits: l } = compiled ? forwardCompiled(params, batch, compat) : d.scoped(() => {
+      const sequence_output = backbone(params, batch, { compat });
+      return { sequence_output, logits: logits(params, sequence_output) };
+    });
     outputs.set('sequence_output', { shape: [...seq.shape], data: Float32Array.from((await seq.tensor.data()) as Float32Array) });
     outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
     tf.dispose([seq.tensor, l.tensor]);
     const trainable = trainableOf(params, loraTrainable(params));
-    const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }), params, trainable);
-    outputs.set('loss', { shape: [1], data: Float32Array.from((await value.data()) as Float32Array) });
+    const { report, grads } = compiled ? lossAndGradsCompiled(params, trainable, batch, { compat }) : eagerLossAndGrads(params, trainable, batch, compat);
+    outputs.set('loss', { shape: [1], data: Float32Array.from((await report.loss.data()) as Float32Array) });
     const gradients = await toKeras(grads, specs);
-    tf.dispose([value, report!.correct, report!.weight]);
+    tf.dispose([report.loss, report.correct, report.weight]);
     d.disposeTree(grads);
     return { outputs, gradients, files };
   } finally {
@@ -344,7 +357,7 @@ export async function computePreprocess(dir: string, m: Manifest): Promise<Train
           y: d.named(tf.tensor(p.y, [B, L], 'int32'), ['batch', 'seq'] as const),
           sample_weight: d.named(tf.tensor(Float32Array.from(p.sampleWeight), [B, L]), ['batch', 'seq'] as const),
         }));
-        const r = causalLmLoss(config, batch, { weights: p.sampleWeight });
+        const r = compiledModels() ? lossCompiled(config, batch) : causalLmLoss(config, batch, { weights: p.sampleWeight });
         outputs.set('end_to_end_loss', { shape: [1], data: Float32Array.from((await r.loss.data()) as Float32Array) });
         tf.dispose([r.loss, r.correct, r.weight, ...d.collectTensors(batch)]);
       }
