@@ -80,7 +80,7 @@ async function main(argv: readonly string[]): Promise<void> {
     const i = argv.indexOf(`--${name}`);
     return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1] : fallback;
   };
-  const info = await setBackend(get('backend', 'wasm') as 'wasm');
+  const info = await setBackend(get('backend', 'auto') as 'auto');
   const lm = loadCausalLM(get('preset', 'checkpoints/shapes'));
   const t0 = performance.now();
   const seed = Number(get('seed', '7'));
