@@ -1,10 +1,11 @@
 // Builds src/train/shapes_train.ts into dist/train-shapes.js (the same esbuild settings as scripts/build.mjs:
 // tfjs' ESM builds bundled so that gradients are registered) and runs it with this script's arguments:
 //
-//   node scripts/train-shapes.mjs --steps 3000 --batch 32 --learning-rate 2e-3 --out checkpoints/shapes
+//   node scripts/train-shapes.mjs --steps 18000 --batch 48 --warmup 500 --out checkpoints/shapes
+//   node scripts/train-shapes.mjs --eval --preset checkpoints/shapes --seed 7 --count 2000
 //
-// The shipped checkpoints/shapes was made by the command in its README.md (settings and loss curve in its
-// train_log.json). Training is not part of the tests.
+// The shipped checkpoints/shapes was made by the first command (settings, loss curve and evaluations in its
+// train_log.json); the second measures it. Training is not part of the tests.
 import * as esbuild from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
