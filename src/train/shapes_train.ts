@@ -10,7 +10,8 @@
  * cosine decay to a tenth of the peak. `fit` writes a checkpoint (params, AdamW moments, data position) every
  * `--save-every` steps into `<out>.run/checkpoint` and resumes from it when rerun with the same flags, so a
  * killed run continues where it stopped. At the end the preset is written to `--out` with the run's settings,
- * history and loss curve (train_log.json, loss.svg).
+ * loss curve (100-step means) and evaluations (train_log.json); the run directory keeps the whole history and
+ * the plot (history.json, loss.svg, loss.png).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -104,7 +105,8 @@ export async function trainShapes(run: ShapesRun, log: (line: string) => void = 
   }
   const record = { run, steps_done: r.step, seconds_this_process: Math.round(seconds), backend: info.name, parameters: parameterCount(config), curve, evals: h.evals };
   fs.writeFileSync(path.join(runDir, 'history.json'), JSON.stringify(h) + '\n');
-  await saveShapesPreset(r.params, run.out, { 'train_log.json': JSON.stringify(record, null, 1) + '\n', 'loss.svg': fs.readFileSync(path.join(runDir, 'loss.svg')) });
+  // the preset ships: the log with the curve as 100-step means (loss.svg, every step, stays in the run directory)
+  await saveShapesPreset(r.params, run.out, { 'train_log.json': JSON.stringify(record, null, 1) + '\n' });
   log(`train-shapes: ${r.step} steps (${r.stepsRun} in this process, ${seconds.toFixed(0)} s); saved ${run.out}`);
   d.disposeTree(trainableOf(r.params, r.trainable));
   d.disposeTree(params);
