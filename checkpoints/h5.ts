@@ -1120,7 +1120,7 @@ function checkUnreferenced(src: Source, data: readonly H5Dataset[]): void {
       const bytes = src.read(pos, Math.min(1 << 20, to - pos), 'unreferenced bytes', false);
       const i = bytes.findIndex((b) => b !== 0);
       if (i >= 0) {
-        throw new FormatError(src.file, 'layout', `${src.file}: bytes ${from}..${to} are referenced by no object, yet byte ${pos + i} is ${bytes[i]}, not 0 (data whose address was changed?)`);
+        throw new FormatError(src.file, 'layout', `${src.file}: bytes ${from}..${to} are referenced by no object, yet byte ${pos + i} is ${bytes[i]}, not 0: a data address was changed, or an in-place edit left freed space (h5repack rewrites such a file)`);
       }
     }
   };
