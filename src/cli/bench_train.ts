@@ -70,11 +70,13 @@ export async function benchTraining(c: PaliGemmaConfig, backends: string[], runs
       for (let i = 0; i <= runs; i++) {
         const t0 = performance.now();
         let next: ReturnType<typeof trainStep> | undefined;
-        const prof = await tf.profile(async () => {
+        const run = async () => {
           // onnx: loss, gradients and the Adam update compiled into one session run (src/train/compiled.ts)
           next = (info.name === 'onnx' ? trainStepCompiled : trainStep)(params, trainable, state, x, { optimizer, learningRate: 1e-4, tableGrad: mode === 'full' });
           await next.report.loss.data();
-        });
+        };
+        // tf.profile clones every kernel's output, which a trace cannot do: onnx reports peak RSS instead
+        const prof = info.name === 'onnx' ? (await run(), { peakBytes: 0 }) : await tf.profile(run);
         const ms = performance.now() - t0;
         tf.dispose([next!.report.loss, next!.report.correct, next!.report.weight]);
         if (owned) d.disposeTree(trainable);
