@@ -13,6 +13,8 @@ import { trainableOf } from '../../src/train/select';
 import { formatProgress, progressPrinter } from '../../src/train/progress';
 import { tempDir } from '../helpers/files';
 import { tinyJsonl } from '../helpers/train';
+import { assertClose } from '../helpers/numeric';
+import { compiledTraining } from '../../src/train/compiled';
 
 const preset = 'spec/fixtures/train/preprocess_train/preset';
 
@@ -126,6 +128,40 @@ test.serial('dropout from explicit keys: the same key repeats the run, another k
   t.deepEqual(a.warnings, []);
   t.deepEqual(none.warnings, ['the config has dropout 0.5 but no dropout key was given: training runs without dropout']);
   d.disposeTree(lm.params);
+});
+
+test.serial('onnx: a step is one compiled session run (loss, gradients, update), equal to cpu; a dropout key keeps the steps eager and says so', async (t) => {
+  const dir = tempDir(t);
+  const data = readJsonl(tinyJsonl(dir, 4));
+  const lm = loadCausalLM(preset);
+  const dropping = { ...lm.params, config: { ...lm.params.config, dropout: 0.5 } };
+  const run = async (params: typeof lm.params, dropout?: d.Key) => {
+    const warnings: string[] = [];
+    const optimizer = sgd({ momentum: 0.9 });
+    const r = await fit(params, data, { tokenizer: lm.tokenizer, steps: 3, batchSize: 2, sequenceLength: 24, optimizer, schedule: 1e-2, dropout, onWarning: (m) => warnings.push(m) });
+    const weights = await values(trainableOf(r.params, r.trainable));
+    d.disposeTree(trainableOf(r.params, r.trainable));
+    return { losses: r.history.steps.map((s) => s.loss), warnings, weights, traces: compiledTraining.step(optimizer)?.traces ?? 0 };
+  };
+  try {
+    const cpu = await run(lm.params);
+    const cpuDrop = await run(dropping, d.key(7));
+    await setBackend('onnx');
+    const before = tf.memory().numTensors;
+    const onnx = await run(lm.params);
+    const onnxDrop = await run(dropping, d.key(7));
+    t.is(tf.memory().numTensors, before, 'memory-neutral');
+    // one graph for the 3 steps (a fixed sequence length: one batch shape)
+    t.is(onnx.traces, 1);
+    assertClose(t, onnx.losses, cpu.losses, 1e-4, 0, 'losses');
+    onnx.weights.forEach((w, i) => assertClose(t, w, cpu.weights[i], 1e-4, 0, `leaf ${i}`));
+    t.is(onnxDrop.traces, 0, 'no compiled step with dropout');
+    t.deepEqual(onnxDrop.warnings, ["dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key"]);
+    t.deepEqual(onnxDrop.losses, cpuDrop.losses, 'the eager steps are those of the cpu backend');
+  } finally {
+    await setBackend('cpu');
+    d.disposeTree(lm.params);
+  }
 });
 
 test.serial('evaluation every N steps: loss, token accuracy, exact match; onEval sees each; the loss curve is written', async (t) => {
