@@ -13,7 +13,7 @@ import { loadSentencePiece, readModelProto } from '../../src/text/tokenizer';
 import { encodeModelProto } from '../../src/text/spm_write';
 import { RGB, caption, detect, edgeToBin, makeScene, renderScene, sceneTasks, SHAPE_KINDS, shapesRng, type Scene } from '../../src/train/shapes';
 import { shapesVocabulary, shapesVocabularyBytes } from '../../src/train/shapes_vocab';
-import { shapesBatch, trainingTask } from '../../src/train/shapes_model';
+import { shapesDataset, trainingTask } from '../../src/train/shapes_model';
 import { detectionMatches, iou } from '../../src/train/shapes_eval';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -133,21 +133,23 @@ test('the vocabulary: Gemma\'s special ids, loc tokens at the end, whole-word to
   t.is(tok.decode(tok.encode('What colour? Ünïcödé 🙂')), 'What colour? Ünïcödé 🙂');
 });
 
-test('shapesBatch: keras_hub packing of one task per picture, and no leaked tensors', (t) => {
-  const tok = loadSentencePiece(shapesVocabularyBytes(), 'shapes.spm');
-  const before = tf.memory().numTensors;
-  const batch = shapesBatch(tok, 0, 0, 3);
-  t.deepEqual(batch.images.shape, [3, 32, 32, 3]);
-  t.deepEqual(batch.token_ids.shape, [3, 28]);
-  const task = trainingTask(makeScene(0, 1), 0, 1);
-  const ids = Array.from(batch.token_ids.tensor.arraySync() as number[][])[1];
-  const prompt = tok.encode(`${task.prefix}\n`);
-  const answer = tok.encode(task.suffix);
-  t.deepEqual(ids.slice(0, 1 + prompt.length + answer.length + 1), [2, ...prompt, ...answer, 1]);
-  const w = (batch.sample_weight.tensor.arraySync() as number[][])[1];
-  t.is(w.reduce((a, b) => a + b, 0), answer.length + 1);
-  tf.dispose(d.collectTensors(batch));
-  t.is(tf.memory().numTensors, before);
+test('shapesDataset: example i is picture i of the seed with its training task, drawn when read; the task odds are 2 : 1 : 3', (t) => {
+  const ds = shapesDataset(4, 3000);
+  t.is(ds.examples.length, 3000);
+  t.is(ds.name, 'shapes (seed 4, 3000 pictures)');
+  for (const i of [0, 17, 2999]) {
+    const e = ds.examples[i];
+    const scene = makeScene(4, i);
+    t.deepEqual({ prefix: e.prefix, suffix: e.suffix }, trainingTask(scene, 4, i));
+    t.deepEqual(e.image, renderScene(scene));
+    t.is(e.source, `shapes seed 4 picture ${i}`);
+  }
+  t.is(ds.examples[3000] as unknown, undefined);
+  const families = { caption: 0, count: 0, detect: 0 };
+  for (const e of ds.examples) families[e.prefix === 'caption en' ? 'caption' : e.prefix.startsWith('detect ') ? 'detect' : 'count']++;
+  // 3000 draws of 2/6, 1/6, 3/6: within 4 standard deviations of 1000, 500, 1500
+  t.true(Math.abs(families.caption - 1000) < 104 && Math.abs(families.count - 500) < 82 && Math.abs(families.detect - 1500) < 110, JSON.stringify(families));
+  t.throws(() => shapesDataset(4, 0), { message: 'shapesDataset: count must be an integer in [1, 2^32), got 0' });
 });
 
 test('make-shapes writes PNGs and a JSONL that read back as the scenes and their tasks', async (t) => {

@@ -1,6 +1,6 @@
 /**
- * The shapes model: a small PaliGemma-2-shaped config for the shapes tasks (src/train/shapes.ts), batches of
- * fresh pictures for training, and writing the result as a keras_hub task preset.
+ * The shapes model: a small PaliGemma-2-shaped config for the shapes tasks (src/train/shapes.ts), a dataset
+ * of fresh pictures for `fit`, and writing the result as a keras_hub task preset.
  *
  * Gemma 2's decoder features as PaliGemma 2 has them: post-attention and post-FFN norms, attention and final
  * logit soft caps 50 and 30, sliding-window attention on even layers with PaliGemma 2's window (4096, longer
@@ -8,16 +8,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../../dsl/tf';
-import * as d from '../../dsl';
 import { CONFIG_DEFAULTS, type PaliGemmaConfig } from '../../models/config';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import { saveKerasPreset } from '../../checkpoints/save';
 import { writeFileAtomic } from '../../checkpoints/atomic';
-import { convertImages } from '../preprocess/image';
-import { packTrainingBatch, type SpecialIds } from '../preprocess/packing';
-import type { Tokenizer } from '../text/tokenizer';
-import type { TrainBatch } from './api';
 import type { Dataset, Example } from './data';
 import { CAPTION_PREFIX, COUNT_PREFIX, detect, detectPrefix, makeScene, renderScene, SHAPES_IMAGE_SIZE, shapesRng, caption, type Scene, type TaskRecord } from './shapes';
 import { shapesVocabulary, shapesVocabularyBytes } from './shapes_vocab';
@@ -76,37 +70,13 @@ export function shapesDataset(seed: number, count: number, size = SHAPES_IMAGE_S
   if (!Number.isInteger(count) || count < 1 || count > 0xffffffff) throw new Error(`shapesDataset: count must be an integer in [1, 2^32), got ${count}`);
   const example = (i: number): Example => {
     const scene = makeScene(seed, i, size);
-    return { image: renderScene(scene), ...trainingTask(scene, seed, i), source: `shapes seed ${seed} picture ${i}` };
+    // the picture is drawn when read: fit's dataHash reads every example's text, not its image
+    return { get image() { return renderScene(scene); }, ...trainingTask(scene, seed, i), source: `shapes seed ${seed} picture ${i}` };
   };
   const examples = new Proxy(new Array<Example>(count), {
     get: (target, key, receiver) => (typeof key === 'string' && /^(0|[1-9]\d*)$/.test(key) && Number(key) < count ? example(Number(key)) : Reflect.get(target, key, receiver)),
   });
   return { examples, name: `shapes (seed ${seed}, ${count} pictures)` };
-}
-
-const specialIds = (t: Tokenizer): SpecialIds => ({ pad: t.padId, eos: t.eosId, bos: t.bosId });
-
-/** Pictures `start .. start + size - 1` of `seed`, one task each, as a training batch (keras_hub's packing). */
-export function shapesBatch(tokenizer: Tokenizer, seed: number, start: number, size: number, length = SHAPES_SEQUENCE_LENGTH): TrainBatch {
-  const scenes = Array.from({ length: size }, (_, b) => makeScene(seed, start + b));
-  const tasks = scenes.map((s, b) => trainingTask(s, seed, start + b));
-  const packed = packTrainingBatch(
-    tasks.map((t) => tokenizer.encode(`${t.prefix}\n`)),
-    tasks.map((t) => tokenizer.encode(t.suffix)),
-    length,
-    specialIds(tokenizer),
-  );
-  const images = convertImages(scenes.map(renderScene), scenes[0].size);
-  const seq = ['batch', 'seq'] as const;
-  const shape = packed.shape;
-  return {
-    images: d.named(tf.tensor(images.data, images.shape), ['batch', 'height', 'width', 'channels'] as const),
-    token_ids: d.named(tf.tensor(packed.tokenIds, shape, 'int32'), seq),
-    padding_mask: d.named(tf.tensor(packed.paddingMask, shape, 'int32'), seq),
-    response_mask: d.named(tf.tensor(packed.responseMask, shape, 'int32'), seq),
-    y: d.named(tf.tensor(packed.y, shape, 'int32'), seq),
-    sample_weight: d.named(tf.tensor(packed.sampleWeight, shape, 'float32'), seq),
-  };
 }
 
 /** What keras_hub's task preset holds besides the backbone: tokenizer, image converter, preprocessor. */
