@@ -4,7 +4,6 @@
  * each `vars` group named after its keras layer). Every file is written atomically (temp file + rename).
  * Tensors are read with `await data()`, so it works on every backend, WebGPU included.
  */
-import * as d from '../dsl';
 import type { PaliGemmaParams } from '../models/paligemma';
 import type { H5WriteDataset } from './h5write';
 import { inKerasLayout, kerasLayout } from './params';

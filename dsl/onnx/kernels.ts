@@ -45,7 +45,6 @@ const int = (value: number): AttrValue => ({ kind: 'int', value });
 const toDtype = (dtype: tf.DataType): AttrValue => int({ float32: 1, int32: 6, bool: 9 }[dtype as 'float32'] ?? NaN);
 
 const first = (i: Inputs): Value => Object.values(i)[0];
-const rankOf = (i: Inputs) => first(i).shape.length;
 const normAxes = (axis: unknown, rank: number): number[] => {
   const list = axis === undefined || axis === null ? [...Array(rank).keys()] : Array.isArray(axis) ? (axis as number[]) : [axis as number];
   return list.map((a) => (a < 0 ? a + rank : a));
@@ -275,7 +274,7 @@ export const kernelTable: Record<string, KernelSpec> = {
   Slice: {
     infer: (i, a) => {
       const x = first(i);
-      const { begin, size } = sliceBounds(x.shape, a);
+      const { size } = sliceBounds(x.shape, a);
       return [{ shape: size, dtype: x.dtype }];
     },
     emit: (e, i, a, [o]) => {

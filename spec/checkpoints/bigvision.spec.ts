@@ -13,7 +13,6 @@ import { bigVisionWeights, inferBigVisionConfig, kerasToBigVision } from '../../
 import { readNpz, writeNpz, type NpyToWrite } from '../../checkpoints/npz';
 import { initParams } from '../../checkpoints/init';
 import * as d from '../../dsl';
-import type { PaliGemmaParams } from '../../models/paligemma';
 import type { PaliGemmaConfig } from '../../models/config';
 import { tempDir } from '../helpers/files';
 import { assertFixtureOutput } from '../helpers/fixtures';

@@ -3,9 +3,7 @@
  * forced here with a small limit: outputs, logits and gradients still match keras_hub, and saving writes the
  * whole table back.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { computeFixture, readBin, readManifest } from '../../src/cli/fixture';
 import { loadPreset } from '../../src/runtime/preset';

@@ -23,7 +23,7 @@ function fixtureData(): Dataset {
   const m = readManifest(fx) as unknown as { pairs: Pair[]; inputs: { images_uint8: { file: string; dtype: 'uint8'; shape: number[] } } };
   const e = m.inputs.images_uint8;
   const pixels = readBin(fx, e) as Uint8Array;
-  const [B, H, W, C] = e.shape;
+  const [, H, W, C] = e.shape;
   // a Dataset built directly: the fixture has an empty response (row 3), which the file readers refuse
   return {
     name: 'fixture',

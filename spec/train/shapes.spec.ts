@@ -15,8 +15,6 @@ import { RGB, caption, detect, edgeToBin, makeScene, renderScene, sceneTasks, SH
 import { shapesVocabulary, shapesVocabularyBytes } from '../../src/train/shapes_vocab';
 import { shapesDataset, trainingTask } from '../../src/train/shapes_model';
 import { detectionMatches, iou } from '../../src/train/shapes_eval';
-import { tf } from '../../dsl/tf';
-import * as d from '../../dsl';
 import { tempDir } from '../helpers/files';
 
 function capture(): Io & { lines: string[]; errors: string[] } {

@@ -13,7 +13,7 @@ import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import type { Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
-import { backbone, decode, embedInputs, logits, lookup, type BackboneInputs, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
+import { backbone, decode, embedInputs, logits, type BackboneInputs, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
 import { decodeLayers, int32Rows, lastPromptRows, prefillOutput, stepInputs, type LayerCache, type StepInputs, type StepOutput, type TransposedEmbedding } from './generate';
 
