@@ -6,7 +6,7 @@ import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
 import { setBackend } from '../../src/runtime/backend';
 import { loadCausalLM } from '../../src/generate/causal_lm';
-import { readJsonl } from '../../src/train/data';
+import { datasetFromArray, readJsonl } from '../../src/train/data';
 import { fit, type StepRecord } from '../../src/train/fit';
 import { sgd } from '../../src/train/optim';
 import { trainableOf } from '../../src/train/select';
@@ -158,6 +158,26 @@ test.serial('onnx: a step is one compiled session run (loss, gradients, update),
     t.is(onnxDrop.traces, 0, 'no compiled step with dropout');
     t.deepEqual(onnxDrop.warnings, ["dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key"]);
     t.deepEqual(onnxDrop.losses, cpuDrop.losses, 'the eager steps are those of the cpu backend');
+  } finally {
+    await setBackend('cpu');
+    d.disposeTree(lm.params);
+  }
+});
+
+test.serial('onnx: batches of many lengths compile a graph each, and the fourth shape is reported', async (t) => {
+  const lm = loadCausalLM(preset);
+  const image = { height: 8, width: 8, channels: 3 as const, data: new Uint8Array(8 * 8 * 3).fill(100) };
+  // rows of 1 to 8 words, in order, two per batch: four lengths
+  const data = datasetFromArray(Array.from({ length: 8 }, (_, i) => ({ image, prefix: 'caption en', suffix: Array(i + 1).fill('red').join(' ') })));
+  await setBackend('onnx');
+  try {
+    const warnings: string[] = [];
+    const r = await fit(lm.params, data, { tokenizer: lm.tokenizer, steps: 4, batchSize: 2, shuffle: false, optimizer: sgd(), schedule: 1e-3, onWarning: (m) => warnings.push(m) });
+    d.disposeTree(trainableOf(r.params, r.trainable));
+    const shapes = warnings[0]?.match(/\(([^)]*)\)/)?.[1];
+    t.is(warnings.length, 1);
+    t.is(warnings[0], `4 batch shapes compiled so far (${shapes}): each is a graph of its own; a fixed sequenceLength (and full batches) makes one`);
+    t.is(new Set(shapes!.split(', ')).size, 4);
   } finally {
     await setBackend('cpu');
     d.disposeTree(lm.params);

@@ -159,6 +159,9 @@ export function dataHash(data: Dataset): string {
   return h.toString(16).padStart(8, '0');
 }
 
+/** On the onnx backend, the number of distinct batch shapes at which fit says that each compiles a graph. */
+export const COMPILED_SHAPES_WARNING = 4;
+
 /** The loss report and the trainable leaves' gradients, eagerly. */
 function eagerLossAndGrads(params: PaliGemmaParams, trainable: Record<string, Named>, batch: TrainBatch, o: LossOptions): { report: LossReport; grads: Record<string, Named> } {
   const out = valueAndGradTrainable((q: PaliGemmaParams) => causalLmLoss(q, batch, o), params, trainable);
@@ -235,6 +238,16 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
   // one micro-batch and no clipping: loss, gradients and update are one session run per step
   const fused = compiled && accumulate === 1 && options.clipNorm === undefined;
   if (compiledModels() && dropoutKey) warn("dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key");
+
+  // each batch shape is its own compiled graph (a trace and a session, kept for the process): 'longest' with
+  // rows of many lengths compiles many, which a fixed sequenceLength avoids
+  const shapes = new Set<string>();
+  const noteShape = (shape: readonly number[]): void => {
+    shapes.add(shape.join('x'));
+    if (shapes.size === COMPILED_SHAPES_WARNING) {
+      warn(`${shapes.size} batch shapes compiled so far (${[...shapes].join(', ')}): each is a graph of its own; a fixed sequenceLength (and full batches) makes one`);
+    }
+  };
 
   const fingerprint: Fingerprint = {
     data: dataHash(data),
@@ -325,6 +338,7 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         examples += host.rows.length;
         for (const v of host.paddingMask) tokens += v;
         const x = toTensors(host);
+        if (compiled) noteShape(x.token_ids.shape);
         const key = dropoutKey ? d.foldIn(d.foldIn(dropoutKey, step), m) : undefined;
         try {
           const tableGrad = paths.some((s) => s.startsWith('token_embedding'));
