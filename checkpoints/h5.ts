@@ -433,7 +433,7 @@ function readSuperblock(src: Source): Superblock {
     c.address(); // superblock extension (shared message tables etc.: shared messages are refused where met)
     const eof = c.address();
     const root = c.address();
-    checkSum(src, at, src.read(at, c.pos, 'the superblock', false), 'the superblock');
+    checkSum(src, at, c.buf.subarray(0, c.pos), 'the superblock');
     c.skip(4); // the checksum
     src.metadata.push([at, at + c.pos, 'the superblock']);
     return { version, sizes: c.sizes, expectedSize: eof, rootAddress: root };
@@ -598,17 +598,18 @@ function readHeaderV2(src: Source, sizes: Sizes, address: number, what: string):
   const chunk0 = rest.uint(chunkSizeBytes);
   const prefix = 6 + optional + chunkSizeBytes;
   if (chunk0 > src.size) throw head.fail(`chunk 0 of ${chunk0} bytes is larger than the file`);
-  // the checksum covers the prefix and chunk 0 and follows them
-  checkSum(src, address, src.read(address, prefix + chunk0, what), what);
+  // the checksum covers the prefix and chunk 0 and follows them; chunk 0's messages are read from the same bytes
+  const first = src.read(address, prefix + chunk0, what);
+  checkSum(src, address, first, what);
   const trackOrder = (flags & 0x04) !== 0;
   const messages: Message[] = [];
-  const blocks: [number, number][] = [[address + 6 + optional + chunkSizeBytes, chunk0]];
+  const blocks: [number, number][] = [[address + prefix, chunk0]];
   const seen = new Set<number>();
   for (let b = 0; b < blocks.length; b++) {
     const [pos, len] = blocks[b];
     if (seen.has(pos)) throw head.fail(`continuation loop at byte ${pos}`);
     seen.add(pos);
-    const bytes = src.read(pos, len, what);
+    const bytes = b === 0 ? first.subarray(prefix) : src.read(pos, len, what);
     const c = new Cursor(bytes, sizes, head.what, pos);
     if (b > 0) c.signature('OCHK');
     if (b > 0 && len >= 8) checkSum(src, pos, bytes.subarray(0, len - 4), `${what} (continuation block)`);

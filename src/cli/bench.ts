@@ -20,8 +20,8 @@ import { initParams } from '../../checkpoints/init';
 import { buildTree, kerasLayout, parameterCount, skeleton } from '../../checkpoints/params';
 import { familyConfig } from '../../checkpoints/presets';
 import { setBackend, type BackendRequest } from '../runtime/backend';
-import { decodeStep, prefill, transposedEmbedding, TRANSPOSED_HEAD_MIN_STEPS, type StepOutput } from '../generate/generate';
-import { decodeStepCompiled, prefillCompiled, transposedEmbeddingCompiled } from '../generate/compiled';
+import { decodeStep, prefill, transposedHead, type StepOutput } from '../generate/generate';
+import { decodeStepCompiled, prefillCompiled } from '../generate/compiled';
 import { benchTraining } from './bench_train';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
@@ -103,7 +103,7 @@ async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], 
     if (i > 0) cpuTimes.push(cpuSeconds(c0));
   }
   // as generate does for calls of 16+ steps: the tied embedding transposed once, outside the timing
-  const transposed = steps >= TRANSPOSED_HEAD_MIN_STEPS ? (compiled ? transposedEmbeddingCompiled(p) : transposedEmbedding(p)) : undefined;
+  const transposed = transposedHead(p, steps, compiled);
   const c0 = process.cpuUsage();
   const t0 = performance.now();
   for (let s = 0; s < steps - 1; s++) {

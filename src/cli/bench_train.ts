@@ -76,7 +76,9 @@ export async function benchTraining(c: PaliGemmaConfig, backends: string[], runs
           await next.report.loss.data();
         };
         // tf.profile clones every kernel's output, which a trace cannot do: onnx reports peak RSS instead
-        const prof = info.name === 'onnx' ? (await run(), { peakBytes: 0 }) : await tf.profile(run);
+        let prof = { peakBytes: 0 };
+        if (info.name === 'onnx') await run();
+        else prof = await tf.profile(run);
         const ms = performance.now() - t0;
         tf.dispose([next!.report.loss, next!.report.correct, next!.report.weight]);
         if (owned) d.disposeTree(trainable);

@@ -23,9 +23,10 @@ import { kerasLayout, type WeightSpec } from '../../checkpoints/params';
 import { loadPreset } from '../runtime/preset';
 import { causalLmLoss } from '../train/loss';
 import { adam, adamw, clipByGlobalNormAsync, disposeState, kerasVariableName as kerasName, sgd } from '../train/optim';
-import { selectTrainable, trainableOf, valueAndGradTrainable, withLeaves, type Trainable } from '../train/select';
-import type { LossReport, Optimizer, TrainBatch } from '../train/api';
+import { selectTrainable, trainableOf, withLeaves, type Trainable } from '../train/select';
+import type { Optimizer, TrainBatch } from '../train/api';
 import { lossAndGradsCompiled, lossCompiled, updateCompiled } from '../train/compiled';
+import { lossAndGrads } from '../train/step';
 import { forwardCompiled } from '../generate/compiled';
 import { compiledModels } from '../runtime/backend';
 import { adaptersOf, loraSpecs, loraTrainable, withAdapters } from '../train/lora';
@@ -201,7 +202,7 @@ export async function trajectory(
     const full = withLeaves(params, current);
     // the onnx backend: the loss and gradients as one session run, the update as another (src/train/compiled.ts)
     const compiled = compiledModels();
-    const { report, grads } = compiled ? lossAndGradsCompiled(full, current, batch, { compat }) : eagerLossAndGrads(full, current, batch, compat);
+    const { report, grads } = compiled ? lossAndGradsCompiled(full, current, batch, { compat }) : lossAndGrads(full, current, batch, { compat });
     losses.push((await report.loss.data())[0]);
     tf.dispose([report.loss, report.correct, report.weight]);
     const clipped = await clip(grads, clipping);
@@ -216,11 +217,6 @@ export async function trajectory(
   }
   disposeState(state);
   return { losses, firstGrads, params: withLeaves(params, current) };
-}
-
-function eagerLossAndGrads(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, compat?: 'keras_hub'): { report: LossReport; grads: Trainable } {
-  const { grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, { compat }), params, trainable);
-  return { report: report!, grads };
 }
 
 /** The fixture's `.lora.h5` (`lora.lora_file`, or `adapter.lora.h5`). */
@@ -251,7 +247,7 @@ export async function computeLoraGrad(dir: string, m: Manifest): Promise<TrainCo
     outputs.set('logits', { shape: [...l.shape], data: Float32Array.from((await l.tensor.data()) as Float32Array) });
     tf.dispose([seq.tensor, l.tensor]);
     const trainable = trainableOf(params, loraTrainable(params));
-    const { report, grads } = compiled ? lossAndGradsCompiled(params, trainable, batch, { compat }) : eagerLossAndGrads(params, trainable, batch, compat);
+    const { report, grads } = compiled ? lossAndGradsCompiled(params, trainable, batch, { compat }) : lossAndGrads(params, trainable, batch, { compat });
     outputs.set('loss', { shape: [1], data: Float32Array.from((await report.loss.data()) as Float32Array) });
     const gradients = await toKeras(grads, specs);
     tf.dispose([report.loss, report.correct, report.weight]);

@@ -25,8 +25,12 @@ export interface CausalLM {
 
 /** Params and tokenizer of a preset (a directory or any name `fromPreset` resolves). */
 export function loadCausalLM(preset: string, options: { onProgress?: (done: number, total: number, what: string) => void } = {}): CausalLM {
-  const params = fromPreset(preset, options);
-  // fromPreset succeeded, so the preset's files are on disk: its tokenizer is beside the weights
+  return withTokenizer(preset, fromPreset(preset, options));
+}
+
+/** The preset's tokenizer beside its loaded params (the params are disposed if the tokenizer fails). */
+function withTokenizer(preset: string, params: PaliGemmaParams): CausalLM {
+  // the params loaded, so the preset's files are on disk: its tokenizer is beside the weights
   const dir = resolvePreset(preset).dir!;
   try {
     return { params, tokenizer: loadTokenizer(dir) };
@@ -42,14 +46,7 @@ export function loadCausalLM(preset: string, options: { onProgress?: (done: numb
  * synchronous from_preset, this one transformers.js' awaited from_pretrained.
  */
 export async function loadCausalLMAsync(preset: string, options: { onProgress?: (done: number, total: number, what: string) => void } = {}): Promise<CausalLM> {
-  const params = await fromPresetAsync(preset, options);
-  const dir = resolvePreset(preset).dir!;
-  try {
-    return { params, tokenizer: loadTokenizer(dir) };
-  } catch (e) {
-    d.disposeTree(params);
-    throw e;
-  }
+  return withTokenizer(preset, await fromPresetAsync(preset, options));
 }
 
 export interface TextInputs {

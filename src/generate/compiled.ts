@@ -15,7 +15,7 @@ import type { Named } from '../../dsl';
 import { imageSequenceLength } from '../../models/config';
 import { backbone, decode, embedInputs, logits, type BackboneInputs, type Embedding, type PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
-import { decodeLayers, int32Rows, lastPromptRows, prefillOutput, stepInputs, type LayerCache, type StepInputs, type StepOutput, type TransposedEmbedding } from './generate';
+import { decodeLayers, int32Rows, lastPromptRows, prefillOutput, promptPaddingMask, stepInputs, type LayerCache, type StepInputs, type StepOutput, type TransposedEmbedding } from './generate';
 
 type Rows2 = Named<readonly ['batch', 'seq']>;
 
@@ -78,13 +78,11 @@ export function prefillCompiled(
   compat?: 'keras_hub',
 ): StepOutput {
   const n = imageSequenceLength(p.config);
-  const batch = promptLengths.length;
   const width = Math.max(...promptLengths);
-  const mask = new Int32Array(batch * width).map((_, i) => (i % width < promptLengths[Math.floor(i / width)] ? 1 : 0));
   const x: PrefillTensors = {
     images,
     tokenIds: d.named(int32Rows(tokenIds, width), ['batch', 'seq'] as const),
-    paddingMask: d.named(tf.tensor2d(mask, [batch, width], 'int32'), ['batch', 'seq'] as const),
+    paddingMask: d.named(promptPaddingMask(promptLengths, width), ['batch', 'seq'] as const),
     lastRows: d.named(tf.tensor1d(lastPromptRows(n, width, promptLengths), 'int32'), ['batch'] as const),
   };
   try {

@@ -246,6 +246,16 @@ export function transposedEmbedding(p: PaliGemmaParams): TransposedEmbedding | u
   return p.token_embedding.map((shard) => d.named(tf.transpose(shard.tensor), ['embed', 'vocab'] as const));
 }
 
+/**
+ * The head a call of up to `steps` decode steps uses: the embedding transposed once (the caller disposes it)
+ * when that pays, i.e. for 16+ steps, eager on wasm (see `transposedEmbedding`) or compiled (onnxruntime's
+ * MatMul with a transposed B of one output column is slow: compiled.ts); otherwise undefined.
+ */
+export function transposedHead(p: PaliGemmaParams, steps: number, compiled: boolean): TransposedEmbedding | undefined {
+  if (steps < TRANSPOSED_HEAD_MIN_STEPS) return undefined;
+  return compiled ? transposedEmbeddingCompiled(p) : transposedEmbedding(p);
+}
+
 /** Host rows as an int32 [rows, width] tensor, short rows padded with 0. */
 export const int32Rows = (rows: readonly ArrayLike<number>[], width: number): tf.Tensor2D =>
   tf.tensor2d(Int32Array.from({ length: rows.length * width }, (_, i) => rows[Math.floor(i / width)][i % width] ?? 0), [rows.length, width], 'int32');
@@ -269,8 +279,7 @@ export function prefill(
     const batch = promptLengths.length;
     const width = Math.max(...promptLengths);
     const ids = d.named(int32Rows(tokenIds, width), ['batch', 'seq'] as const);
-    const mask = new Int32Array(batch * width).map((_, i) => (i % width < promptLengths[Math.floor(i / width)] ? 1 : 0));
-    const paddingMask = d.named(tf.tensor2d(mask, [batch, width], 'int32'), ['batch', 'seq'] as const);
+    const paddingMask = d.named(promptPaddingMask(promptLengths, width), ['batch', 'seq'] as const);
     const responseMask = d.named(tf.zeros([batch, width], 'int32'), ['batch', 'seq'] as const);
     const x = embedInputs(p, { images, token_ids: ids, padding_mask: paddingMask, response_mask: responseMask });
     // the masks from host rows: the prefix-LM masks are built on the host and uploaded once
@@ -279,6 +288,12 @@ export function prefill(
     const { x: h, cache } = decode(p, x, hostPad, hostResp, { compat }); // [batch, N + width, embed]
     return prefillOutput(p, h, cache, tf.tensor1d(lastPromptRows(n, width, promptLengths), 'int32'), length, transposed);
   });
+}
+
+/** int32 [batch, width]: 1 on each row's first P_r positions (its prompt), 0 after. */
+export function promptPaddingMask(promptLengths: readonly number[], width: number): tf.Tensor2D {
+  const mask = new Int32Array(promptLengths.length * width).map((_, i) => (i % width < promptLengths[Math.floor(i / width)] ? 1 : 0));
+  return tf.tensor2d(mask, [promptLengths.length, width], 'int32');
 }
 
 /** The flat row (in [batch * (N + width)]) of each row's last prompt position: b * (N + width) + N + P_b - 1. */
@@ -596,10 +611,9 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
 
   const compiled = options.compiled ?? compiledModels();
   // the transposed head pays for itself after ~12 steps (bench config, wasm: transpose + XNNPACK's packing
-  // ~140 ms of CPU, then ~11 ms saved per step), so only eager calls that may run 16 steps or more make it
+  // ~140 ms of CPU, then ~11 ms saved per step), so only calls that may run 16 steps or more make it
   const mostSteps = Math.max(...plen.map((len) => Math.min(length - len, budget)));
-  // compiled, it also pays: onnxruntime's MatMul with a transposed B of one output column is slow (compiled.ts)
-  const transposed = mostSteps >= TRANSPOSED_HEAD_MIN_STEPS ? (compiled ? transposedEmbeddingCompiled(p) : transposedEmbedding(p)) : undefined;
+  const transposed = transposedHead(p, mostSteps, compiled);
   let state: StepOutput | undefined;
   let step = 0;
   try {

@@ -21,19 +21,18 @@ import type { Jitted } from '../../dsl/jit';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { LossReport, Optimizer, OptimizerSplit, OptimizerState, TrainBatch } from './api';
 import { causalLmLoss, type LossOptions } from './loss';
-import { valueAndGradTrainable, withLeaves, type Trainable } from './select';
+import type { Trainable } from './select';
+import { lossAndGrads } from './step';
 
 /** The static part of the loss options (numbers and flags: constants of the graph). */
 export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad'>;
 
-/** Whether the tied embedding's gradient is wanted: when a `token_embedding` leaf trains. */
-const tableGradOf = (trainable: Trainable, o: CompiledLossOptions): boolean => o.tableGrad ?? Object.keys(trainable).some((p) => p.startsWith('token_embedding'));
-
-const staticLoss = (trainable: Trainable, o: CompiledLossOptions) => ({ chunk: o.chunk, compat: o.compat, tableGrad: tableGradOf(trainable, o) });
+/** Only the loss options a graph depends on (the signature; whatever else the caller's record holds stays out). */
+const staticLoss = (o: CompiledLossOptions): CompiledLossOptions => ({ chunk: o.chunk, compat: o.compat, tableGrad: o.tableGrad });
 
 function lossAndGradsPure(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions) {
-  const { value, grads, report } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), withLeaves(params, trainable), trainable);
-  return { loss: value, correct: report!.correct, weight: report!.weight, grads };
+  const { report, grads } = lossAndGrads(params, trainable, batch, o);
+  return { ...report, grads };
 }
 
 const lossAndGradsJit = d.jit(lossAndGradsPure, { name: 'loss_and_grads' });
@@ -108,7 +107,7 @@ export function trainStepCompiled(
       d.disposeTree(grads);
     }
   }
-  const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(trainable, o)));
+  const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(o)));
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, trainable: out.trainable, state: { step: state.step + 1, slots: out.slots } };
 }
 
@@ -118,7 +117,7 @@ export function trainStepCompiled(
  * report and the gradients.
  */
 export function lossAndGradsCompiled(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions = {}): { report: LossReport; grads: Trainable } {
-  const out = lossAndGradsJit(params, trainable, batch, staticLoss(trainable, o));
+  const out = lossAndGradsJit(params, trainable, batch, staticLoss(o));
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, grads: out.grads };
 }
 
@@ -135,7 +134,7 @@ export function updateCompiled(optimizer: Optimizer, trainable: Trainable, grads
 
 /** keras_hub's loss and accuracy counts of a batch (no gradient), compiled. The caller disposes the report. */
 export function lossCompiled(params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions = {}): LossReport {
-  return lossJit(params, batch, { chunk: o.chunk, compat: o.compat });
+  return lossJit(params, batch, staticLoss(o));
 }
 
 /** The sessions behind compiled fine-tuning and evaluation, for their trace counts and stats. */

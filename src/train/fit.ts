@@ -29,18 +29,17 @@ import type { Key, Named, Tree } from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Tokenizer } from '../text/tokenizer';
 import { writeFileAtomic } from '../../checkpoints/atomic';
-import type { LossReport, Optimizer, OptimizerState, Schedule, TrainBatch } from './api';
+import type { LossReport, Optimizer, OptimizerState, Schedule } from './api';
 import { batchAt, batchesPerEpoch, checkBatchOptions, DATA_START, toTensors, type BatchOptions, type DataPosition, type Dataset } from './data';
-import { causalLmLoss } from './loss';
 import { adam, clipByGlobalNormAsync, disposeState } from './optim';
 import { constant } from './schedule';
-import { selectTrainable, summarize, trainableOf, valueAndGradTrainable, withLeaves, type Selection } from './select';
+import { selectTrainable, summarize, trainableOf, withLeaves, type Selection } from './select';
 import { evaluate, type EvalReport } from './evaluate';
 import { hasCheckpoint, loadCheckpoint, saveCheckpoint, type Fingerprint } from './checkpoint';
 import { lossCurvePng, lossCurveSvg } from './plot';
 import { lossAndGradsCompiled, trainStepCompiled, updateCompiled } from './compiled';
+import { lossAndGrads } from './step';
 import { compiledModels } from '../runtime/backend';
-import type { LossOptions } from './loss';
 import { progressPrinter, type Stream } from './progress';
 
 export interface StepRecord {
@@ -161,12 +160,6 @@ export function dataHash(data: Dataset): string {
 
 /** On the onnx backend, the number of distinct batch shapes at which fit says that each compiles a graph. */
 export const COMPILED_SHAPES_WARNING = 4;
-
-/** The loss report and the trainable leaves' gradients, eagerly. */
-function eagerLossAndGrads(params: PaliGemmaParams, trainable: Record<string, Named>, batch: TrainBatch, o: LossOptions): { report: LossReport; grads: Record<string, Named> } {
-  const out = valueAndGradTrainable((q: PaliGemmaParams) => causalLmLoss(q, batch, o), params, trainable);
-  return { report: out.report!, grads: out.grads as Record<string, Named> };
-}
 
 /** The mean of `accumulate` gradient records (frees the parts). */
 function meanGrads(parts: Record<string, Named>[]): Record<string, Named> {
@@ -341,16 +334,15 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         if (compiled) noteShape(x.token_ids.shape);
         const key = dropoutKey ? d.foldIn(d.foldIn(dropoutKey, step), m) : undefined;
         try {
-          const tableGrad = paths.some((s) => s.startsWith('token_embedding'));
           let report: LossReport;
           if (fused) {
-            const out = trainStepCompiled(p, trainable, state, x, { optimizer, learningRate: lr, chunk: options.lossChunk, tableGrad });
+            const out = trainStepCompiled(p, trainable, state, x, { optimizer, learningRate: lr, chunk: options.lossChunk });
             report = out.report;
             updated = { params: out.trainable, state: out.state };
           } else {
             const r = compiled
-              ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk, tableGrad })
-              : eagerLossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight, tableGrad });
+              ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk })
+              : lossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight });
             report = r.report;
             parts.push(r.grads as Record<string, Named>);
           }

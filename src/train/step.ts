@@ -12,7 +12,7 @@ import * as d from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { LossReport, Optimizer, OptimizerState, TrainBatch } from './api';
 import { causalLmLoss, type LossOptions } from './loss';
-import { valueAndGradTrainable, withLeaves, type Trainable } from './select';
+import { valueAndGradTrainable, type Trainable } from './select';
 
 export interface StepOptions extends LossOptions {
   readonly optimizer: Optimizer;
@@ -24,6 +24,17 @@ export interface StepOptions extends LossOptions {
  * Returns the new trainable leaves and state; the old ones, the report and the rest of the params stay the
  * caller's (dispose the old leaves once nothing else holds them).
  */
+/**
+ * keras_hub's loss of `params` with `trainable`'s leaves in place, its report and the gradients of those
+ * leaves (eager; the caller disposes report and gradients). Whether the tied embedding's gradient is computed
+ * follows from `trainable` (loss.ts `tableGrad`).
+ */
+export function lossAndGrads(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: LossOptions = {}): { report: LossReport; grads: Trainable } {
+  const { grads, report, value } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), params, trainable);
+  // causalLmLoss returns a report, so valueAndGradTrainable passes it on; `value` is its loss
+  return { report: report ?? { loss: value, correct: tf.scalar(0), weight: tf.scalar(0) }, grads };
+}
+
 export function trainStep(
   params: PaliGemmaParams,
   trainable: Trainable,
@@ -31,10 +42,10 @@ export function trainStep(
   batch: TrainBatch,
   o: StepOptions,
 ): { report: LossReport; trainable: Trainable; state: OptimizerState } {
-  const { grads, report, value } = valueAndGradTrainable((p: PaliGemmaParams) => causalLmLoss(p, batch, o), withLeaves(params, trainable), trainable);
+  const { grads, report } = lossAndGrads(params, trainable, batch, o);
   try {
     const next = o.optimizer.update(trainable, grads, state, o.learningRate);
-    return { report: report ?? { loss: value, correct: tf.scalar(0), weight: tf.scalar(0) }, trainable: next.params as Trainable, state: next.state };
+    return { report, trainable: next.params as Trainable, state: next.state };
   } finally {
     d.disposeTree(grads);
   }
