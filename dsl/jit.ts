@@ -24,6 +24,7 @@
 import { tf } from './tf';
 import { Named } from './named';
 import { convert } from './onnx/convert';
+import type { WeightInput } from './onnx/int8';
 import { createSession, onnxThreads, type OrtType, type Session } from './onnx/runtime';
 import { placeholder, traced, valueOfTensor, type Value } from './onnx/trace';
 
@@ -34,6 +35,13 @@ export interface JitOptions {
   readonly name?: string;
   /** onnxruntime's CPU memory arena (default true; see createSession). */
   readonly memArena?: boolean;
+  /**
+   * Int8 weights (onnx/int8.ts): the tensor leaves of argument `weights` are weights, and every 2-D
+   * matMul reading one of them runs as an int8 MatMulNBits over a copy quantized when the session is
+   * created. The session is then bound to those weights' values: the signature includes their identity
+   * (the tensor objects), and a call with other weights of the same shapes replaces the session.
+   */
+  readonly int8?: { readonly weights: number };
 }
 
 export interface CompileStats {
@@ -43,6 +51,10 @@ export interface CompileStats {
   readonly modelBytes: number;
   readonly traceMs: number;
   readonly sessionMs: number;
+  /** matMuls compiled to int8 (the int8 option). */
+  readonly int8MatMuls: number;
+  /** Bytes of their quantized weights. */
+  readonly int8Bytes: number;
 }
 
 export type Jitted<F extends (...args: never[]) => unknown> = F & {
@@ -92,7 +104,20 @@ interface Compiled {
   /** The output pytree with traced tensors as leaves (only their shapes, dtypes and axes are used). */
   readonly template: unknown;
   readonly outputs: readonly Value[];
+  /** The int8 weights' bytes, which onnxruntime may read from where they are for the session's life. */
+  readonly externalData: readonly { readonly data: Uint8Array }[];
+  /** The identity of the int8 weights it was compiled with ('' without the option). */
+  readonly weightsKey: string;
 }
+
+/** A number per tensor object, for the identity of int8 weights. */
+const tensorIds = new WeakMap<tf.Tensor, number>();
+let nextTensorId = 0;
+const tensorId = (t: tf.Tensor): number => {
+  let id = tensorIds.get(t);
+  if (id === undefined) tensorIds.set(t, (id = nextTensorId++));
+  return id;
+};
 
 const ortType = (dtype: tf.DataType): OrtType => {
   if (dtype === 'float32' || dtype === 'int32' || dtype === 'bool') return dtype;
@@ -113,18 +138,30 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
   let traces = 0;
   const name = options.name ?? (fn.name || 'jitted');
 
-  function compile(args: unknown[], signature: string): Compiled {
+  const int8Arg = options.int8?.weights;
+  if (int8Arg !== undefined && !(Number.isInteger(int8Arg) && int8Arg >= 0)) throw new Error(`jit: int8.weights must be an argument index, got ${int8Arg}`);
+  const weightLeaves = (args: unknown[]): Leaf[] => {
+    const leaves: Leaf[] = [];
+    if (int8Arg !== undefined) flatten(args[int8Arg], leaves);
+    return leaves;
+  };
+
+  function compile(args: unknown[], signature: string, weightsKey: string): Compiled {
     const t0 = performance.now();
     const placeholders: Value[] = [];
+    const int8Weights = new Map<number, WeightInput>();
     const { result, trace } = traced(() => {
       const made: tf.Tensor[] = [];
-      const swapped = unflatten(args, (leaf) => {
-        const t = leaf instanceof Named ? leaf.tensor : leaf;
-        const p = placeholder(t.shape, t.dtype);
-        placeholders.push(p.value);
-        made.push(p.tensor);
-        return leaf instanceof Named ? new Named(p.tensor, leaf.axes) : p.tensor;
-      }) as unknown[];
+      const swapped = args.map((arg, index) =>
+        unflatten(arg, (leaf) => {
+          const t = leaf instanceof Named ? leaf.tensor : leaf;
+          const p = placeholder(t.shape, t.dtype);
+          placeholders.push(p.value);
+          made.push(p.tensor);
+          if (index === int8Arg && t.dtype === 'float32') int8Weights.set(p.value.id, { data: hostArray(t) as Float32Array, owner: t });
+          return leaf instanceof Named ? new Named(p.tensor, leaf.axes) : p.tensor;
+        }),
+      );
       try {
         const out = tf.tidy(() => {
           const r = (fn as unknown as (...a: unknown[]) => unknown)(...swapped);
@@ -141,18 +178,37 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
     });
     traces++;
     const t1 = performance.now();
-    const converted = convert(trace, placeholders, result.outputs, name);
-    const session = createSession(converted.model, options.threads ?? onnxThreads(), { memArena: options.memArena });
-    stats.push({ signature, nodes: converted.nodes, initializerBytes: converted.initializerBytes, modelBytes: converted.model.length, traceMs: t1 - t0, sessionMs: performance.now() - t1 });
-    return { session, inputs: placeholders, inputNames: converted.inputNames, outputNames: converted.outputNames, template: result.template, outputs: result.outputs };
+    const converted = convert(trace, placeholders, result.outputs, name, { int8Weights });
+    const session = createSession(converted.model, options.threads ?? onnxThreads(), { memArena: options.memArena, externalData: converted.externalData });
+    stats.push({
+      signature,
+      nodes: converted.nodes,
+      initializerBytes: converted.initializerBytes,
+      modelBytes: converted.model.length,
+      traceMs: t1 - t0,
+      sessionMs: performance.now() - t1,
+      int8MatMuls: converted.int8MatMuls,
+      int8Bytes: converted.externalData.reduce((s, f) => s + f.data.length, 0),
+    });
+    const { inputNames, outputNames, externalData } = converted;
+    return { session, inputs: placeholders, inputNames, outputNames, template: result.template, outputs: result.outputs, externalData, weightsKey };
   }
 
   const call = (...args: unknown[]): unknown => {
     const leaves: Leaf[] = [];
     const signature = flatten(args, leaves);
+    const weightsKey = weightLeaves(args)
+      .map((l) => tensorId(l instanceof Named ? l.tensor : l))
+      .join(',');
     let c = cache.get(signature);
+    if (c && c.weightsKey !== weightsKey) {
+      // other weights of the same shapes: the session holds a quantized copy of the old ones
+      c.session.release();
+      cache.delete(signature);
+      c = undefined;
+    }
     if (!c) {
-      c = compile(args, signature);
+      c = compile(args, signature, weightsKey);
       cache.set(signature, c);
     }
     const feeds: Record<string, { type: OrtType; data: ArrayBufferView; dims: readonly number[] }> = {};

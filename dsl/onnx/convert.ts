@@ -5,15 +5,16 @@
  */
 import type { tf } from '../tf';
 import { kernelTable, onnxType, type Emit } from './kernels';
+import { emitInt8, planInt8, type Int8MatMul, type WeightInput } from './int8';
 import { encodeModel, rawBytes, type NodeSpec, type TensorValue } from './proto';
 import type { GraphNode, Trace, Value } from './trace';
 
 export const OPSET = 17;
 
-/** Keep only the nodes that the outputs depend on, in recorded (topological) order. */
-function live(trace: Trace, outputs: readonly Value[]): GraphNode[] {
+/** Keep only the nodes that the outputs depend on (through `inputsOf`), in recorded (topological) order. */
+function live(nodes: readonly GraphNode[], outputs: readonly Value[], inputsOf = (n: GraphNode): readonly Value[] => n.inputs): GraphNode[] {
   const producer = new Map<number, GraphNode>();
-  for (const n of trace.nodes) for (const o of n.outputs) producer.set(o.id, n);
+  for (const n of nodes) for (const o of n.outputs) producer.set(o.id, n);
   const needed = new Set<GraphNode>();
   const stack = [...outputs];
   const seen = new Set<number>();
@@ -24,10 +25,10 @@ function live(trace: Trace, outputs: readonly Value[]): GraphNode[] {
     const n = producer.get(v.id);
     if (n && !needed.has(n)) {
       needed.add(n);
-      stack.push(...n.inputs);
+      stack.push(...inputsOf(n));
     }
   }
-  return trace.nodes.filter((n) => needed.has(n));
+  return nodes.filter((n) => needed.has(n));
 }
 
 export interface Converted {
@@ -36,9 +37,21 @@ export interface Converted {
   readonly outputNames: readonly string[];
   readonly nodes: number;
   readonly initializerBytes: number;
+  /** In-memory files holding initializers' bytes (int8 weights), for createSession. */
+  readonly externalData: readonly { readonly path: string; readonly data: Uint8Array }[];
+  /** How many matMuls run in int8. */
+  readonly int8MatMuls: number;
 }
 
-export function convert(trace: Trace, inputs: readonly Value[], outputs: readonly Value[], name: string): Converted {
+export interface ConvertOptions {
+  /**
+   * Graph input id -> a float32 weight: 2-D matMuls reading one of these (through reshapes and
+   * transposes) run in int8 (int8.ts), with the weight quantized into the model.
+   */
+  readonly int8Weights?: ReadonlyMap<number, WeightInput>;
+}
+
+export function convert(trace: Trace, inputs: readonly Value[], outputs: readonly Value[], name: string, options: ConvertOptions = {}): Converted {
   const nodes: NodeSpec[] = [];
   const initializers: TensorValue[] = [];
   const names = new Map<number, string>();
@@ -83,11 +96,36 @@ export function convert(trace: Trace, inputs: readonly Value[], outputs: readonl
     },
     scalar: (value, dtype) => scalarOf(value, dtype, []),
     scalar1: (value, dtype) => scalarOf(value, dtype, [1]),
-    node(op, ins, outs, attrs) {
-      nodes.push({ op, inputs: ins, outputs: outs, attrs, name: `n${nodes.length}_${op}` });
+    node(op, ins, outs, attrs, domain) {
+      nodes.push({ op, inputs: ins, outputs: outs, attrs, name: `n${nodes.length}_${op}`, domain });
     },
   };
-  for (const n of live(trace, outputs)) {
+  const externalData: { path: string; data: Uint8Array }[] = [];
+  const weightNames = new Map<object, { q: string; scales: string }>();
+  const weight = (m: { q: Uint8Array; scales: Float32Array; n: number; block: number }) => {
+    const known = weightNames.get(m);
+    if (known) return known;
+    const k = externalData.length;
+    const path = `int8_${k}.bin`;
+    externalData.push({ path, data: m.q });
+    initializers.push({ name: `q${k}`, dtype: 'uint8', dims: [m.n, m.q.length / m.n / m.block, m.block], raw: m.q, external: { location: path, offset: 0 } });
+    initializers.push({ name: `qs${k}`, dtype: 'float32', dims: [m.scales.length], raw: rawBytes(m.scales) });
+    weightNames.set(m, { q: `q${k}`, scales: `qs${k}` });
+    return weightNames.get(m)!;
+  };
+  let kept = live(trace.nodes, outputs);
+  let plans = new Map<GraphNode, Int8MatMul>();
+  if (options.int8Weights?.size) {
+    plans = planInt8(kept, options.int8Weights);
+    // a weight's reshapes and transposes are dead once its matMuls read the quantized copy
+    kept = live(kept, outputs, (n) => (plans.has(n) ? [plans.get(n)!.x] : n.inputs));
+  }
+  for (const n of kept) {
+    const plan = plans.get(n);
+    if (plan) {
+      emitInt8({ ...e, weight }, plan, e.name(n.outputs[0]));
+      continue;
+    }
     const spec = kernelTable[n.kernel];
     const keys = (n.attrs.inputNames as string[]) ?? [];
     const byName = Object.fromEntries(keys.map((k, i) => [k, n.inputs[i]]));
@@ -106,5 +144,5 @@ export function convert(trace: Trace, inputs: readonly Value[], outputs: readonl
     inputs: inputs.map((v, k) => ({ name: inputNames[k], dtype: onnxType(v.dtype), dims: v.shape })),
     outputs: outputs.map((v, k) => ({ name: outputNames[k], dtype: onnxType(v.dtype), dims: v.shape })),
   });
-  return { model, inputNames, outputNames, nodes: nodes.length, initializerBytes: initializers.reduce((s, t) => s + t.raw.length, 0) };
+  return { model, inputNames, outputNames, nodes: nodes.length, initializerBytes: initializers.reduce((s, t) => s + t.raw.length, 0), externalData, int8MatMuls: plans.size };
 }

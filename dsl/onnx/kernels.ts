@@ -23,7 +23,7 @@ export interface Emit {
   scalar(value: number, dtype: tf.DataType): string;
   /** The same as a [1] tensor. */
   scalar1(value: number, dtype: tf.DataType): string;
-  node(op: string, inputs: readonly string[], outputs: readonly string[], attrs?: Record<string, AttrValue>): void;
+  node(op: string, inputs: readonly string[], outputs: readonly string[], attrs?: Record<string, AttrValue>, domain?: string): void;
 }
 
 export interface KernelSpec {

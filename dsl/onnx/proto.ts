@@ -91,6 +91,12 @@ export interface TensorValue {
   readonly dims: readonly number[];
   /** Little-endian raw bytes (bool: one byte each). */
   readonly raw: Uint8Array;
+  /**
+   * Store the bytes outside the ModelProto, at this offset of the in-memory file `location` given to the
+   * session (createSession's externalData): a protobuf message cannot exceed 2 GiB, a 3B model's int8
+   * weights are 2.6 GB. `raw` is then not written.
+   */
+  readonly external?: { readonly location: string; readonly offset: number };
 }
 
 export type AttrValue =
@@ -106,6 +112,8 @@ export interface NodeSpec {
   readonly outputs: readonly string[];
   readonly attrs?: Readonly<Record<string, AttrValue>>;
   readonly name?: string;
+  /** The operator set of `op` (default: ONNX's); e.g. 'com.microsoft' for onnxruntime's contrib operators. */
+  readonly domain?: string;
 }
 
 export interface ValueSpec {
@@ -124,7 +132,13 @@ export interface ModelSpec {
 }
 
 function tensorProto(t: TensorValue): Writer {
-  return new Writer().packed(1, t.dims).int(2, ElemType[t.dtype]).lengthDelimited(8, t.name).lengthDelimited(9, t.raw);
+  const w = new Writer().packed(1, t.dims).int(2, ElemType[t.dtype]).lengthDelimited(8, t.name);
+  if (!t.external) return w.lengthDelimited(9, t.raw);
+  const entry = (key: string, value: string) => new Writer().lengthDelimited(1, key).lengthDelimited(2, value);
+  w.lengthDelimited(13, entry('location', t.external.location));
+  w.lengthDelimited(13, entry('offset', String(t.external.offset)));
+  w.lengthDelimited(13, entry('length', String(t.raw.length)));
+  return w.int(14, 1); // data_location: EXTERNAL
 }
 
 function attributeProto(name: string, a: AttrValue): Writer {
@@ -157,6 +171,7 @@ function nodeProto(n: NodeSpec): Writer {
   if (n.name) w.lengthDelimited(3, n.name);
   w.lengthDelimited(4, n.op);
   for (const [k, a] of Object.entries(n.attrs ?? {})) w.lengthDelimited(5, attributeProto(k, a));
+  if (n.domain) w.lengthDelimited(7, n.domain);
   return w;
 }
 
@@ -168,12 +183,14 @@ export function encodeModel(m: ModelSpec): Uint8Array {
   for (const t of m.initializers) graph.lengthDelimited(5, tensorProto(t));
   for (const v of m.inputs) graph.lengthDelimited(11, valueInfoProto(v));
   for (const v of m.outputs) graph.lengthDelimited(12, valueInfoProto(v));
-  return new Writer()
+  const model = new Writer()
     .int(1, 8)
     .lengthDelimited(2, 'paligemma-ts')
     .lengthDelimited(7, graph)
-    .lengthDelimited(8, new Writer().lengthDelimited(1, '').int(2, m.opset))
-    .finish();
+    .lengthDelimited(8, new Writer().lengthDelimited(1, '').int(2, m.opset));
+  // onnxruntime's contrib operators (MatMulNBits) are version 1 of their domain
+  for (const domain of new Set(m.nodes.flatMap((n) => (n.domain ? [n.domain] : [])))) model.lengthDelimited(8, new Writer().lengthDelimited(1, domain).int(2, 1));
+  return model.finish();
 }
 
 /** Raw little-endian bytes of a typed array (this machine is little-endian, as ONNX's raw_data). */

@@ -103,7 +103,11 @@ function removeTelemetryLog(): void {
  * allocated (outputs included) for reuse, so a session that returns one large output (a transposed
  * embedding) would otherwise hold a second copy of it for its lifetime.
  */
-export function createSession(model: Uint8Array, threads = onnxThreads(), options: { memArena?: boolean } = {}): Session {
+export function createSession(
+  model: Uint8Array,
+  threads = onnxThreads(),
+  options: { memArena?: boolean; externalData?: readonly { readonly path: string; readonly data: Uint8Array }[] } = {},
+): Session {
   const { ort, native } = onnxRuntime();
   native.initOrt();
   removeTelemetryLog();
@@ -115,6 +119,8 @@ export function createSession(model: Uint8Array, threads = onnxThreads(), option
     executionMode: 'sequential',
     executionProviders: [{ name: 'cpu' }],
     enableCpuMemArena: options.memArena ?? true,
+    // initializers stored outside the ModelProto (int8 weights), as in-memory files
+    ...(options.externalData?.length ? { externalData: options.externalData.map((f) => ({ path: f.path, data: f.data })) } : {}),
     // PALIGEMMA_ORT_PROFILE=<prefix>: onnxruntime writes a JSON trace of every node (written at exit)
     ...(process.env.PALIGEMMA_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.PALIGEMMA_ORT_PROFILE } : {}),
   });

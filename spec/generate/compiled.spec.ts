@@ -9,7 +9,10 @@ import * as d from '../../dsl';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { Images } from '../../models/siglip';
 import { generate, topK, topP, type GenerateOptions } from '../../src/generate/generate';
-import { compiledGeneration, decodeStepCompiled, prefillCompiled } from '../../src/generate/compiled';
+import * as path from 'node:path';
+import { compiledGeneration, decodeStepCompiled, forwardCompiled, prefillCompiled } from '../../src/generate/compiled';
+import { fixtureInputs, readManifest } from '../../src/cli/fixture';
+import { loadPreset } from '../../src/runtime/preset';
 import { assertClose } from '../helpers/numeric';
 import { T, bin, list, manifest, paddingMask, rowsOf, runTokens, tokenIds, withModel } from './fixture';
 
@@ -38,6 +41,52 @@ test.serial('compiled generate: greedy row 0 = keras_hub (tokens, decode logits 
     for (const r of [0, 1]) short.logits![r].forEach((l, s) => assertClose(t, l, out.logits![r][s], 1e-5, 0, `row ${r} step ${s}: untransposed head = transposed`));
     t.is(tf.memory().numTensors, before);
   });
+});
+
+test.serial('compiled generate with int8 weights: memory-neutral, one decode graph, the first greedy tokens of keras_hub, logits near float32', async (t) => {
+  await withModel(async (p, images) => {
+    const before = tf.memory().numTensors;
+    const float = await run(p, images, { returnLogits: true, compiled: true });
+    const int8 = await run(p, images, { returnLogits: true, compiled: true, quantize: 'int8' });
+    t.is(tf.memory().numTensors, before, 'int8 generate is memory-neutral');
+    t.is(compiledGeneration.int8.decodeStep.traces, 1, 'one int8 decode-step graph');
+    t.is(compiledGeneration.int8.prefill.traces, 1, 'one int8 prefill graph');
+    const decodeStats = compiledGeneration.int8.decodeStep.stats[0];
+    t.is(decodeStats.int8MatMuls, 7 * p.config.num_layers + 1, 'q, k, v, out, gate, up, down per layer and the head');
+    // The fixture's model has random weights: its logits (~13) are near ties (margins 0.01-0.9) and int8
+    // moves them by up to 1.6 (measured: 1.60 row 0, 0.99 row 1 at step 0; weights-only int8, emulated,
+    // 0.56). Row 0 keeps keras_hub's tokens until step 4, where float32's margin is 0.118 and int8's error 0.75.
+    t.deepEqual(list(int8.tokenIds[0]).slice(0, 6 + 4), runTokens('greedy')[0].slice(0, 6 + 4), 'row 0: prompt and the first 4 generated tokens');
+    for (const r of [0, 1]) {
+      const f = float.logits![r][0];
+      const q = int8.logits![r][0];
+      const worst = Math.max(...Array.from(f, (v, i) => Math.abs(v - q[i])));
+      t.true(worst > 1e-3 && worst < 2.5, `row ${r} prefill logits: int8 max |diff| ${worst.toFixed(3)}`);
+    }
+    await t.throwsAsync(run(p, images, { compiled: false, quantize: 'int8' }), { message: `generate: quantize 'int8' runs compiled, on onnxruntime (backend 'onnx' or compiled: true); the active backend is '${tf.getBackend()}'` });
+    await t.throwsAsync(run(p, images, { compiled: true, quantize: 'int4' as 'int8' }), { message: 'generate: quantize must be \'int8\', got "int4"' });
+    t.is(tf.memory().numTensors, before);
+  });
+});
+
+test.serial('compiled forward with int8 weights on every keras_hub forward fixture: logits within 0.25 of float32', async (t) => {
+  // measured max |diff| 0.07-0.16 on logits up to 1.5-5.6 (random weights); argmax agrees on 155 of 158 rows
+  for (const name of ['pg1_basic', 'pg2_full', 'pg2_keras_quirks', 'pg1_vit_gelu', 'causal_lm', 'vit_map_pooling', 'pg1_sharded', 'grad']) {
+    const dir = path.join('spec/fixtures/keras_hub', name);
+    const m = readManifest(dir);
+    const p = loadPreset(path.join(dir, 'preset'));
+    const x = fixtureInputs(dir, m);
+    const before = tf.memory().numTensors;
+    const float = forwardCompiled(p, x, m.options?.compat);
+    const int8 = forwardCompiled(p, x, m.options?.compat, 'int8');
+    t.is(tf.memory().numTensors, before + 4);
+    const [a, b] = [float.logits.tensor.dataSync(), int8.logits.tensor.dataSync()];
+    const worst = Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i])));
+    t.true(worst > 1e-4 && worst < 0.25, `${name}: int8 logits max |diff| ${worst.toFixed(3)}`);
+    t.log(`${name}: int8 logits max |diff| ${worst.toFixed(3)}`);
+    tf.dispose(d.collectTensors([float, int8, x]));
+    d.disposeTree(p);
+  }
 });
 
 test.serial('compiled generate: top_k and top_p replayed from keras_hub uniforms (row 0 tokens)', async (t) => {

@@ -4,13 +4,14 @@
  * over >= 5 runs after a warm-up, the effective GFLOP/s (matmul FLOPs only), and memory; then the same-run
  * ratios against wasm with 2 threads. A script, not a test: speed is compared within one run.
  *
- *   node dist/bench.js [--backends onnx,wasm,wasm:2] [--runs 5] [--text 32] [--decode 32]
- *       wasm:2 = wasm with 2 threads; onnx = compiled onto onnxruntime (onnx:1 = one thread); cpu is slow (~40 s)
+ *   node dist/bench.js [--backends onnx,onnx-int8,wasm,wasm:2] [--runs 5] [--text 32] [--decode 32]
+ *       wasm:2 = wasm with 2 threads; onnx = compiled onto onnxruntime (onnx:1 = one thread); onnx-int8 = onnx
+ *       with int8 weights (generate's quantize: 'int8'); cpu is slow (~40 s)
  * Then a training row (src/cli/bench_train.ts): steps/s of LoRA and full fine-tuning steps, peak memory.
  *
  *   node dist/bench.js [--only forward|train] [--train-backends wasm] [--train-runs 3] [--batch 2]
- *   node dist/bench.js --big [--decode 8]     a 3B-sized model (PaliGemma 3B 224, random weights) on onnx:
- *       prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS (needs ~12 GiB of RAM)
+ *   node dist/bench.js --big [--decode 8] [--int8]   a 3B-sized model (PaliGemma 3B 224, random weights) on
+ *       onnx: prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS (needs ~16 GiB of RAM)
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
@@ -21,7 +22,7 @@ import { buildTree, kerasLayout, parameterCount, skeleton } from '../../checkpoi
 import { familyConfig } from '../../checkpoints/presets';
 import { setBackend, type BackendRequest } from '../runtime/backend';
 import { decodeStep, prefill, transposedHead, type StepOutput } from '../generate/generate';
-import { decodeStepCompiled, prefillCompiled } from '../generate/compiled';
+import { decodeStepCompiled, prefillCompiled, type Quantize } from '../generate/compiled';
 import { benchTraining } from './bench_train';
 
 export const BENCH_CONFIG: PaliGemmaConfig = {
@@ -82,11 +83,18 @@ const cpuSeconds = (from: NodeJS.CpuUsage) => {
   return (u.user + u.system) / 1e6;
 };
 
-const compiledForward = d.jit((p: PaliGemmaParams, x: BackboneInputs) => logits(p, backbone(p, x)), { name: 'forward' });
+const forwardPure = (p: PaliGemmaParams, x: BackboneInputs) => logits(p, backbone(p, x));
+const compiledForward = d.jit(forwardPure, { name: 'forward' });
+const compiledForwardInt8 = d.jit(forwardPure, { name: 'forward_int8', int8: { weights: 0 } });
 
-/** Prefill (256 image + `prompt` tokens) median ms over `runs`, then `steps` greedy decode steps: tokens/s. */
-async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], compiled: boolean, prompt: number, steps: number, runs: number) {
-  const [pre, step] = compiled ? [prefillCompiled, decodeStepCompiled] : [prefill, decodeStep];
+/**
+ * Prefill (256 image + `prompt` tokens) median ms over `runs`, then `steps` greedy decode steps: tokens/s.
+ * int8: compiled with int8 weights (the first prefill, the warm-up, quantizes them).
+ */
+async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], compiled: boolean, prompt: number, steps: number, runs: number, quantize?: Quantize) {
+  if (!(steps >= 3)) throw new Error(`bench: --decode must be at least 3 (a warm-up step and timed ones), got ${steps}`);
+  const pre = compiled ? (...a: Parameters<typeof prefill>) => prefillCompiled(a[0], a[1], a[2], a[3], a[4], a[5], quantize) : prefill;
+  const step = compiled ? (...a: Parameters<typeof decodeStep>) => decodeStepCompiled(a[0], a[1], a[2], a[3], a[4], a[5], a[6], quantize) : decodeStep;
   const ids = [Array.from({ length: prompt }, (_, i) => 2 + ((i * 7919) % 1000))];
   const n = imageSequenceLength(p.config);
   const length = prompt + steps;
@@ -103,11 +111,14 @@ async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], 
     if (i > 0) cpuTimes.push(cpuSeconds(c0));
   }
   // as generate does for calls of 16+ steps: the tied embedding transposed once, outside the timing
-  const transposed = transposedHead(p, steps, compiled);
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
+  const transposed = quantize ? undefined : transposedHead(p, steps, compiled);
+  // the first decode step is the warm-up (compiled: the decode graph's trace and session, int8: prepacking),
+  // the other steps - 2 are timed
+  let c0 = process.cpuUsage();
+  let t0 = performance.now();
   for (let s = 0; s < steps - 1; s++) {
     const host = await state.logits.tensor.data();
+    if (s === 1) [c0, t0] = [process.cpuUsage(), performance.now()];
     let best = 0;
     for (let v = 1; v < host.length; v++) if (host[v] > host[best]) best = v;
     const next = step(p, state.cache, [best], [n + prompt + s], [true], undefined, transposed);
@@ -119,7 +130,7 @@ async function generation(p: PaliGemmaParams, images: BackboneInputs['images'], 
   const decodeCpu = cpuSeconds(c0);
   tf.dispose(d.collectTensors(state));
   if (transposed) tf.dispose(transposed.map((t) => t.tensor));
-  return { prefillMs: median(times), prefillCpu: median(cpuTimes), msPerToken: decodeMs / (steps - 1), cpuPerToken: decodeCpu / (steps - 1) };
+  return { prefillMs: median(times), prefillCpu: median(cpuTimes), msPerToken: decodeMs / (steps - 2), cpuPerToken: decodeCpu / (steps - 2) };
 }
 
 export async function bench(backends: string[], runs: number, text: number, decodeSteps = 32): Promise<void> {
@@ -129,13 +140,16 @@ export async function bench(backends: string[], runs: number, text: number, deco
   console.log('reference on this kind of machine (MEASURED.md, Zen 4): keras_hub JAX/XLA 0.125 s, onnxruntime on an HF export 0.130 s (2 threads)');
   const results: Result[] = [];
   for (const spec of backends) {
-    const [b, threads] = spec.split(':');
+    // onnx-int8[:threads]: the onnx backend with int8 weights (compiled.ts)
+    const [name, threads] = spec.split(':');
+    const quantize = name === 'onnx-int8' ? ('int8' as const) : undefined;
+    const b = quantize ? 'onnx' : name;
     const info = await setBackend(b as BackendRequest, threads ? { threads: Number(threads) } : {});
     const compiled = info.name === 'onnx';
     const params = initParams(c, d.key(0));
     const inputs = benchInputs(c, text);
     const forward = () => {
-      if (compiled) return compiledForward(params, inputs);
+      if (compiled) return (quantize ? compiledForwardInt8 : compiledForward)(params, inputs);
       const seq = backbone(params, inputs);
       const out = logits(params, seq);
       seq.dispose();
@@ -161,7 +175,7 @@ export async function bench(backends: string[], runs: number, text: number, deco
       if (i > 0) times.push(ms); // run 0 is the warm-up (and, compiled, the trace and session)
     }
     const ms = median(times);
-    const label = info.name + (info.threads ? ` x${info.threads}` : '');
+    const label = info.name + (quantize ? '-int8' : '') + (info.threads ? ` x${info.threads}` : '');
     console.log(
       `${label.padEnd(9)} forward median ${ms.toFixed(0)} ms over ${runs} runs (min ${Math.min(...times).toFixed(0)}), ` +
         `${(flops / (ms / 1000) / 1e9).toFixed(1)} GFLOP/s, ` +
@@ -169,10 +183,10 @@ export async function bench(backends: string[], runs: number, text: number, deco
         `params ${(tf.memory().numBytes / 2 ** 20).toFixed(0)} MiB, rss ${(process.memoryUsage().rss / 2 ** 20).toFixed(0)} MiB` +
         (info.reason !== 'requested' ? ` (${info.reason})` : ''),
     );
-    const g = await generation(params, inputs.images, compiled, 10, decodeSteps, Math.max(1, Math.min(runs, 3)));
+    const g = await generation(params, inputs.images, compiled, 10, decodeSteps, Math.max(1, Math.min(runs, 3)), quantize);
     console.log(
       `${label.padEnd(9)} generate: prefill (${imageSequenceLength(c)} image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(3)} s (${g.prefillCpu.toFixed(2)} CPU s), ` +
-        `decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token, ${(g.cpuPerToken * 1000).toFixed(1)} CPU ms/token, over ${decodeSteps - 1} steps)`,
+        `decode ${(1000 / g.msPerToken).toFixed(1)} tokens/s (${g.msPerToken.toFixed(1)} ms/token, ${(g.cpuPerToken * 1000).toFixed(1)} CPU ms/token, over ${decodeSteps - 2} steps after a warm-up step)`,
     );
     results.push({ label, forwardMs: ms, prefillMs: g.prefillMs, tokensPerSecond: 1000 / g.msPerToken });
     tf.dispose(d.collectTensors(inputs));
@@ -212,7 +226,7 @@ function fastParams(config: PaliGemmaConfig): PaliGemmaParams {
 }
 
 /** The 3B-sized model on onnx: prefill of 256 image + 10 prompt tokens, decode s/token, peak RSS. */
-export async function benchBig(decodeSteps: number, threads?: number, layers?: number): Promise<void> {
+export async function benchBig(decodeSteps: number, threads?: number, layers?: number, quantize?: Quantize): Promise<void> {
   const info = await setBackend('onnx', threads ? { threads } : {});
   const full = familyConfig('PG1 3B', 224);
   // --layers N: fewer decoder and ViT layers (a smoke test of the script on a small machine)
@@ -221,11 +235,11 @@ export async function benchBig(decodeSteps: number, threads?: number, layers?: n
   const params = fastParams(config);
   console.log(`3B-sized model (PaliGemma 3B 224 shapes, ${(parameterCount(config) / 1e9).toFixed(2)}B params, ${(parameterCount(config) * 4 / 2 ** 30).toFixed(1)} GiB float32) built in ${((performance.now() - t0) / 1000).toFixed(1)} s; onnx x${info.threads}`);
   const images = d.named(tf.randomUniform([1, 224, 224, 3], -1, 1, 'float32', 1), ['batch', 'height', 'width', 'channels'] as const);
-  const g = await generation(params, images, true, 10, decodeSteps, 1);
+  const g = await generation(params, images, true, 10, decodeSteps, 1, quantize);
   const peak = process.resourceUsage().maxRSS * 1024;
   console.log(
-    `3B onnx x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s, ${g.prefillCpu.toFixed(1)} CPU s (speed of light here ~3 s), ` +
-      `decode ${(g.msPerToken / 1000).toFixed(3)} s/token, ${g.cpuPerToken.toFixed(3)} CPU s/token over ${decodeSteps - 1} steps (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`,
+    `3B onnx${quantize ? '-int8' : ''} x${info.threads}: prefill (256 image + 10 prompt tokens) ${(g.prefillMs / 1000).toFixed(2)} s, ${g.prefillCpu.toFixed(1)} CPU s (speed of light here ~3 s), ` +
+      `decode ${(g.msPerToken / 1000).toFixed(3)} s/token, ${g.cpuPerToken.toFixed(3)} CPU s/token over ${decodeSteps - 2} steps after a warm-up step (~0.14 s), peak RSS ${(peak / 2 ** 30).toFixed(2)} GiB`,
   );
   images.dispose();
   d.disposeTree(params);
@@ -237,9 +251,14 @@ if (require.main === module && !process.env.NO_BENCH_MAIN) {
     return i >= 0 ? process.argv[i + 1] : fallback;
   };
   const run = process.argv.includes('--big')
-    ? benchBig(Number(arg('decode', '8')), process.argv.includes('--threads') ? Number(arg('threads', '0')) : undefined, process.argv.includes('--layers') ? Number(arg('layers', '0')) : undefined)
+    ? benchBig(
+        Number(arg('decode', '8')),
+        process.argv.includes('--threads') ? Number(arg('threads', '0')) : undefined,
+        process.argv.includes('--layers') ? Number(arg('layers', '0')) : undefined,
+        process.argv.includes('--int8') ? 'int8' : undefined,
+      )
     : (async () => {
-        const backends = arg('backends', 'onnx,wasm,wasm:2').split(',');
+        const backends = arg('backends', 'onnx,onnx-int8,wasm,wasm:2').split(',');
         const only = arg('only', 'all');
         if (only !== 'train') await bench(backends, Number(arg('runs', '5')), Number(arg('text', '32')), Number(arg('decode', '32')));
         // training on cpu takes minutes per step at this size: onnx (compiled) and wasm by default; batch 1,

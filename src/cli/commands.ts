@@ -154,6 +154,7 @@ export const generateCommand = defineCommand({
     p: { type: 'number', help: 'top_p: sample among the most likely tokens whose probabilities sum to p', default: 0.9, min: 0, max: 1 },
     temperature: { type: 'number', help: 'divides the logits before sampling (default: 1)', min: 0 },
     seed: { type: 'integer', help: 'seed of the sampler\'s random numbers', default: 0 },
+    int8: sharedFlags.int8,
     backend: sharedFlags.backend,
     threads: sharedFlags.threads,
   },
@@ -185,6 +186,7 @@ export const generateCommand = defineCommand({
         sampler,
         seed: flags.seed,
         stripPrompt: true,
+        quantize: flags.int8 ? 'int8' : undefined,
         onToken: write ? ({ piece }) => write(piece) : undefined,
       });
       if (write) write('\n');
@@ -193,7 +195,7 @@ export const generateCommand = defineCommand({
       const reason = out.finishReasons[0];
       const budget = flags['max-length'] === undefined ? `--max-new-tokens ${flags['max-new-tokens']}` : `--max-new-tokens ${flags['max-new-tokens']} or --max-length ${flags['max-length']}`;
       io.err(`finish: ${reason} (${reason === 'stop' ? 'a stop token: <eos>' : `the token budget: ${budget}`})`);
-      io.err(`${out.generatedTokens} tokens in ${out.seconds.toFixed(2)} s: ${(out.generatedTokens / out.seconds).toFixed(1)} tokens/s (${info.name}, prefill included)`);
+      io.err(`${out.generatedTokens} tokens in ${out.seconds.toFixed(2)} s: ${(out.generatedTokens / out.seconds).toFixed(1)} tokens/s (${info.name}${flags.int8 ? ', int8 weights' : ''}, prefill included)`);
     } finally {
       d.disposeTree(lm.params);
     }

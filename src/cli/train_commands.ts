@@ -139,6 +139,7 @@ export const evalCommand = defineCommand({
     data: { type: 'string', help: 'JSONL of {"image", "prefix", "suffix"} (image paths relative to the file)', placeholder: 'eval.jsonl' },
     'batch-size': { type: 'integer', help: 'examples generated at once', default: 8, min: 1 },
     'max-new-tokens': { type: 'integer', help: 'most tokens generated per example (default: the longest suffix + 1)', min: 1 },
+    int8: sharedFlags.int8,
     backend: sharedFlags.backend,
     threads: sharedFlags.threads,
   },
@@ -148,7 +149,7 @@ export const evalCommand = defineCommand({
     await setBackend(f.backend as never, f.threads !== undefined ? { threads: f.threads } : {});
     const lm = loadCausalLM(f.preset);
     try {
-      const report = await evaluate(lm, data, { batchSize: f['batch-size'], maxNewTokens: f['max-new-tokens'], loss: false });
+      const report = await evaluate(lm, data, { batchSize: f['batch-size'], maxNewTokens: f['max-new-tokens'], loss: false, quantize: f.int8 ? 'int8' : undefined });
       const rows = [...report.byPrefix!];
       const width = Math.min(40, Math.max(...rows.map(([p]) => JSON.stringify(p).length)));
       for (const [prefix, c] of rows) io.out(formatAccuracy(`  ${JSON.stringify(prefix).padEnd(width)}`, c));

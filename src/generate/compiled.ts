@@ -48,12 +48,23 @@ function forwardPure(p: PaliGemmaParams, x: BackboneInputs, compat: 'keras_hub' 
   return { sequence_output, logits: logits(p, sequence_output) };
 }
 
+/**
+ * Int8 weights (`quantize: 'int8'`): the same pure functions compiled with every weight matMul as an int8
+ * MatMulNBits (dsl/onnx/int8.ts), the weights quantized once per params object. Decode is memory-bound, so
+ * reading a quarter of the bytes is what makes it fast; prefill runs the int8 GEMM (VNNI), ~2x float32.
+ */
+export type Quantize = 'int8';
+const INT8 = { weights: 0 } as const;
+
 const forwardJit = d.jit(forwardPure, { name: 'forward' });
+const forwardInt8Jit = d.jit(forwardPure, { name: 'forward_int8', int8: INT8 });
 
 /** sequence_output [batch, N + T, embed] and logits [batch, T, vocab], compiled (one session per input shape). */
-export const forwardCompiled = (p: PaliGemmaParams, x: BackboneInputs, compat?: 'keras_hub') => forwardJit(p, x, compat ?? null);
+export const forwardCompiled = (p: PaliGemmaParams, x: BackboneInputs, compat?: 'keras_hub', quantize?: Quantize) =>
+  (quantize === 'int8' ? forwardInt8Jit : forwardJit)(p, x, compat ?? null);
 
 const prefillJit = d.jit(prefillPure, { name: 'prefill' });
+const prefillInt8Jit = d.jit(prefillPure, { name: 'prefill_int8', int8: INT8 });
 const transposeJit = d.jit((table: Embedding): TransposedEmbedding => table.map((shard) => d.named(tf.transpose(shard.tensor), ['embed', 'vocab'] as const)), { name: 'transpose_embedding', memArena: false });
 
 /**
@@ -64,9 +75,16 @@ const transposeJit = d.jit((table: Embedding): TransposedEmbedding => table.map(
  */
 export const transposedEmbeddingCompiled = (p: PaliGemmaParams): TransposedEmbedding => transposeJit(p.token_embedding);
 const decodeJit = d.jit(decodeStepPure, { name: 'decode_step' });
+const decodeInt8Jit = d.jit(decodeStepPure, { name: 'decode_step_int8', int8: INT8 });
 
 /** The sessions behind compiled generation (traces, stats), e.g. to check that decode traced once. */
-export const compiledGeneration = { forward: forwardJit, prefill: prefillJit, decodeStep: decodeJit, transpose: transposeJit };
+export const compiledGeneration = {
+  forward: forwardJit,
+  prefill: prefillJit,
+  decodeStep: decodeJit,
+  transpose: transposeJit,
+  int8: { forward: forwardInt8Jit, prefill: prefillInt8Jit, decodeStep: decodeInt8Jit },
+};
 
 /** generate.ts `prefill`, compiled: same arguments, same result. */
 export function prefillCompiled(
@@ -76,6 +94,7 @@ export function prefillCompiled(
   promptLengths: readonly number[],
   length: number,
   compat?: 'keras_hub',
+  quantize?: Quantize,
 ): StepOutput {
   const n = imageSequenceLength(p.config);
   const width = Math.max(...promptLengths);
@@ -86,7 +105,7 @@ export function prefillCompiled(
     lastRows: d.named(tf.tensor1d(lastPromptRows(n, width, promptLengths), 'int32'), ['batch'] as const),
   };
   try {
-    return prefillJit(p, x, length, compat ?? null);
+    return (quantize === 'int8' ? prefillInt8Jit : prefillJit)(p, x, length, compat ?? null);
   } finally {
     tf.dispose([x.tokenIds.tensor, x.paddingMask.tensor, x.lastRows.tensor]);
   }
@@ -101,10 +120,12 @@ export function decodeStepCompiled(
   active: readonly boolean[],
   compat?: 'keras_hub',
   transposed?: TransposedEmbedding,
+  quantize?: Quantize,
 ): StepOutput {
+  if (quantize && transposed) throw new Error('decodeStepCompiled: int8 decode reads the head from the (quantized) embedding; pass no transposed embedding');
   const x = stepInputs(p.config, tokenIds, cachePositions, active, cache[0].key.size('key_seq'), 'tensor') as StepInputs & { readonly positions: Rows2 };
   try {
-    return decodeJit(p, cache, x, compat ?? null, transposed ?? null);
+    return (quantize === 'int8' ? decodeInt8Jit : decodeJit)(p, cache, x, compat ?? null, transposed ?? null);
   } finally {
     tf.dispose([...new Set(d.collectTensors(x))]);
   }

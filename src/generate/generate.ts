@@ -56,7 +56,7 @@ import { checkTokenIds, decode, embedInputs, lookup, unembed, type PaliGemmaPara
 import type { PaliGemmaConfig } from '../../models/config';
 import { assertFitsBackend, compiledModels, formatBytes, maxTensorBytes } from '../runtime/backend';
 import type { Images } from '../../models/siglip';
-import { decodeStepCompiled, prefillCompiled, transposedEmbeddingCompiled } from './compiled';
+import { decodeStepCompiled, prefillCompiled, transposedEmbeddingCompiled, type Quantize } from './compiled';
 
 // -------------------------------------------------------------------------------------------------
 // samplers
@@ -514,6 +514,12 @@ export interface GenerateOptions {
   readonly compat?: 'keras_hub';
   /** Run prefill and decode steps compiled on onnxruntime (two sessions). Default: the 'onnx' backend is active. */
   readonly compiled?: boolean;
+  /**
+   * 'int8': every weight matMul of the prefill and decode graphs runs with int8 weights (blockwise scales)
+   * and int8 activations (compiled.ts, dsl/onnx/int8.ts), as keras' `quantize("int8")`; compiled only. The
+   * first call per params object quantizes the weights (kept with the sessions).
+   */
+  readonly quantize?: Quantize;
 }
 
 export interface GenerateOutput {
@@ -610,15 +616,19 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
   const finished: (FinishReason | undefined)[] = plen.map(() => undefined);
 
   const compiled = options.compiled ?? compiledModels();
+  const quantize = options.quantize;
+  if (quantize !== undefined && quantize !== 'int8') throw new Error(`generate: quantize must be 'int8', got ${JSON.stringify(quantize)}`);
+  if (quantize && !compiled) throw new Error(`generate: quantize 'int8' runs compiled, on onnxruntime (backend 'onnx' or compiled: true); the active backend is '${tf.getBackend()}'`);
   // the transposed head pays for itself after ~12 steps (bench config, wasm: transpose + XNNPACK's packing
   // ~140 ms of CPU, then ~11 ms saved per step), so only calls that may run 16 steps or more make it
   const mostSteps = Math.max(...plen.map((len) => Math.min(length - len, budget)));
-  const transposed = transposedHead(p, mostSteps, compiled);
+  // int8: the head's MatMulNBits reads the embedding quantized as it is stored ([vocab, embed] is its [N, K])
+  const transposed = quantize ? undefined : transposedHead(p, mostSteps, compiled);
   let state: StepOutput | undefined;
   let step = 0;
   try {
     const first: StepOutput = compiled
-      ? prefillCompiled(p, inputs.images, tokens, plen, length, options.compat)
+      ? prefillCompiled(p, inputs.images, tokens, plen, length, options.compat, quantize)
       : prefill(p, inputs.images, tokens, plen, length, options.compat, transposed);
     state = first;
     for (;;) {
@@ -646,7 +656,7 @@ export async function generate(p: PaliGemmaParams, inputs: GenerateInputs, optio
       const feed = plen.map((len, r) => (active[r] ? tokens[r][len + step - 1] : 0));
       const at = plen.map((len, r) => (active[r] ? n + len + step - 1 : n + length - 1));
       const next: StepOutput = compiled
-        ? decodeStepCompiled(p, state.cache, feed, at, active, options.compat, transposed)
+        ? decodeStepCompiled(p, state.cache, feed, at, active, options.compat, transposed, quantize)
         : decodeStep(p, state.cache, feed, at, active, options.compat, transposed);
       disposeState(state);
       state = next;

@@ -10,6 +10,7 @@ import { batchesPerEpoch, makeBatch, promptOf, toTensors, type BatchOptions, typ
 import { causalLmLoss } from './loss';
 import { lossCompiled } from './compiled';
 import { compiledModels } from '../runtime/backend';
+import type { Quantize } from '../generate/compiled';
 
 export interface EvalOptions {
   readonly batchSize?: number;
@@ -25,6 +26,8 @@ export interface EvalOptions {
   readonly maxNewTokens?: number;
   /** Called after each batch with the examples done so far. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** Generate with int8 weights (GenerateOptions.quantize; compiled only). */
+  readonly quantize?: Quantize;
 }
 
 export interface PrefixCount {
@@ -79,7 +82,7 @@ export async function evaluate(lm: CausalLM, data: Dataset, options: EvalOptions
       const prompts = examples.map((e) => (options.verbatimPrompts ? e.prefix : promptOf(e.prefix)));
       const promptTokens = Math.max(...prompts.map((p) => lm.tokenizer.encode(p).length));
       const newTokens = options.maxNewTokens ?? Math.max(...examples.map((e) => lm.tokenizer.encode(e.suffix).length)) + 1;
-      const out = await generateText(lm, { images: examples.map((e) => e.image), prompts }, { maxLength: 1 + promptTokens + newTokens, stripPrompt: true });
+      const out = await generateText(lm, { images: examples.map((e) => e.image), prompts }, { maxLength: 1 + promptTokens + newTokens, stripPrompt: true, quantize: options.quantize });
       out.texts.forEach((text, j) => {
         const ex = examples[j];
         const ok = text.trim() === ex.suffix.trim();

@@ -8,6 +8,7 @@
 import { setBackend } from '../runtime/backend';
 import { generateText, loadCausalLM, type CausalLM } from '../generate/causal_lm';
 import { greedy } from '../generate/generate';
+import type { Quantize } from '../generate/compiled';
 import * as d from '../../dsl';
 import { parseDetections, type Box } from '../preprocess/outputs';
 import { CAPTION_PREFIX, COUNT_PREFIX, makeScene, renderScene, sceneTasks, taskOf, type TaskRecord } from './shapes';
@@ -45,7 +46,7 @@ export interface ShapesEval {
 const FAMILY_ORDER = [COUNT_PREFIX, CAPTION_PREFIX, 'detect'];
 
 /** Pictures 0 .. count - 1 of `seed`, `batch` prompts per generate call. */
-export async function evaluateShapes(lm: CausalLM, seed: number, count: number, batch = 128): Promise<ShapesEval> {
+export async function evaluateShapes(lm: CausalLM, seed: number, count: number, batch = 128, options: { readonly quantize?: Quantize } = {}): Promise<ShapesEval> {
   const rows = Array.from({ length: count }, (_, index) => {
     const scene = makeScene(seed, index, lm.params.config.image_size);
     const image = renderScene(scene);
@@ -61,7 +62,7 @@ export async function evaluateShapes(lm: CausalLM, seed: number, count: number, 
     const out = await generateText(
       lm,
       { images: chunk.map((r) => r.image), prompts: chunk.map((r) => `${r.task.prefix}\n`) },
-      { maxLength: SHAPES_SEQUENCE_LENGTH, sampler: greedy(), stripPrompt: true },
+      { maxLength: SHAPES_SEQUENCE_LENGTH, sampler: greedy(), stripPrompt: true, quantize: options.quantize },
     );
     chunk.forEach((r, i) => {
       const family = taskOf(r.task.prefix);
@@ -85,10 +86,11 @@ async function main(argv: readonly string[]): Promise<void> {
   const t0 = performance.now();
   const seed = Number(get('seed', '7'));
   const count = Number(get('count', '2000'));
-  const result = await evaluateShapes(lm, seed, count, Number(get('batch', '128')));
+  const quantize = argv.includes('--int8') ? ('int8' as const) : undefined;
+  const result = await evaluateShapes(lm, seed, count, Number(get('batch', '128')), { quantize });
   d.disposeTree(lm.params);
   const seconds = (performance.now() - t0) / 1000;
-  console.log(JSON.stringify({ preset: get('preset', 'checkpoints/shapes'), seed, count, backend: info.name, seconds: Math.round(seconds), ...result }, null, 1));
+  console.log(JSON.stringify({ preset: get('preset', 'checkpoints/shapes'), seed, count, backend: info.name, ...(quantize ? { quantize } : {}), seconds: Math.round(seconds), ...result }, null, 1));
 }
 
 if (require.main === module) {
