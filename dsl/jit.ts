@@ -18,6 +18,9 @@
  * depend only on the signature: pass anything that changes between calls as a tensor argument. A function
  * whose signature changes every call retraces every call; `traces` counts them.
  *
+ * Int8 (`int8: { weights: i }`, onnx/int8.ts): the weight matMuls of argument i run with int8 weights quantized
+ * into the session, which is then bound to those weight tensors (their identity joins the signature).
+ *
  * Memory: a call allocates only its outputs (tf.memory().numTensors grows by the number of output
  * tensors) and releases the ORT tensors it made.
  */

@@ -87,6 +87,14 @@ test.serial('generate: text, a tokens/s figure, and literal errors', async (t) =
   t.deepEqual(io.lines, ['a yellow circle and a red circle']);
   t.regex(io.errors.join('\n'), /loading paligemma_shapes: 100%/);
   t.regex(io.errors[io.errors.length - 1], /^8 tokens in [\d.]+ s: [\d.]+ tokens\/s \(wasm, prefill included\)$/);
+  // int8 weights (onnx): the same caption; on an eager backend a literal error
+  const int8 = capture();
+  t.is(await main(['generate', '--prompt', 'caption en', '--max-length', '24', '--backend', 'onnx', '--int8'], int8), 0);
+  t.deepEqual(int8.lines, ['a yellow circle and a red circle']);
+  t.regex(int8.errors[int8.errors.length - 1], /^8 tokens in [\d.]+ s: [\d.]+ tokens\/s \(onnx, int8 weights, prefill included\)$/);
+  const eager = capture();
+  t.is(await main(['generate', '--prompt', 'caption en', '--backend', 'wasm', '--int8'], eager), 1);
+  t.regex(eager.errors.join('\n'), /generate: quantize 'int8' runs compiled, on onnxruntime \(backend 'onnx' or compiled: true\); the active backend is 'wasm'/);
   const three = capture();
   t.is(await main(['generate', '--preset', 'tiny', '--prompt', 'caption en', '--max-new-tokens', '3', '--backend', 'cpu'], three), 0);
   t.regex(three.errors[three.errors.length - 1], /^3 tokens in [\d.]+ s: /);

@@ -70,7 +70,7 @@ test.serial('compiled generate with int8 weights: memory-neutral, one decode gra
 });
 
 test.serial('compiled forward with int8 weights on every keras_hub forward fixture: logits within 0.25 of float32', async (t) => {
-  // measured max |diff| 0.07-0.16 on logits up to 1.5-5.6 (random weights); argmax agrees on 155 of 158 rows
+  // measured max |diff| 0.07-0.16 on logits up to 1.5-5.6 (random weights); argmax agrees on 154 of 158 rows
   for (const name of ['pg1_basic', 'pg2_full', 'pg2_keras_quirks', 'pg1_vit_gelu', 'causal_lm', 'vit_map_pooling', 'pg1_sharded', 'grad']) {
     const dir = path.join('spec/fixtures/keras_hub', name);
     const m = readManifest(dir);
