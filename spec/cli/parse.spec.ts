@@ -113,6 +113,7 @@ test('--version and --help', async (t) => {
         '  flag                                   type                                  default  what',
         '  --backend <auto|cpu|wasm|webgpu|onnx>  one of auto, cpu, wasm, webgpu, onnx  auto     where tensors run',
         '  --threads <integer>                    integer >= 1                          -        wasm threads (default: 1); onnx threads (default: one per core)',
+        '  --int8                                 switch                                off      int8 weights for the weight matMuls (onnx backend; a 3B decodes ~3x faster)',
         '  --preset <name|dir>                    string                                -        a built-in preset name, kaggle://..., hf://org/repo, or a directory',
         '  --max-new-tokens <integer>             integer >= 1                          64       most tokens generated per prompt',
       ].join('\n'),
