@@ -28,6 +28,7 @@ import { tf } from './tf';
 import { Named } from './named';
 import { convert } from './onnx/convert';
 import type { WeightInput } from './onnx/int8';
+import { deriveKey, dropoutMask, withKeyTracing, type Key, type KeyStep } from './random';
 import { createSession, onnxThreads, type OrtType, type Session } from './onnx/runtime';
 import { placeholder, traced, valueOfTensor, type Value } from './onnx/trace';
 
@@ -45,6 +46,13 @@ export interface JitOptions {
    * (the tensor objects), and a call with other weights of the same shapes replaces the session.
    */
   readonly int8?: { readonly weights: number };
+  /**
+   * Arguments that are PRNG keys (a Key or undefined): not part of the signature, so one graph serves every
+   * key. Dropout masks drawn from them (or from keys derived by foldIn/split inside the function) become graph
+   * inputs: each call replays the derivations from its own keys and draws the masks on the host, the bits
+   * eager dropout draws. Whether a key is given (or undefined) is part of the signature.
+   */
+  readonly keys?: readonly number[];
 }
 
 export interface CompileStats {
@@ -111,7 +119,20 @@ interface Compiled {
   readonly externalData: readonly { readonly data: Uint8Array }[];
   /** The identity of the int8 weights it was compiled with ('' without the option). */
   readonly weightsKey: string;
+  /** Dropout masks fed after the argument leaves: which key argument, the derivation from it, rate, shape. */
+  readonly masks: readonly DropoutSite[];
 }
+
+interface DropoutSite {
+  readonly value: Value;
+  readonly arg: number;
+  readonly path: readonly KeyStep[];
+  readonly rate: number;
+  readonly shape: readonly number[];
+}
+
+const isKey = (k: unknown): k is Key => Array.isArray(k) && k.length === 2 && k.every((w) => Number.isInteger(w) && w >= 0 && w < 2 ** 32);
+const keyString = (k: Key): string => `${k[0]}:${k[1]}`;
 
 /** A number per tensor object, for the identity of int8 weights. */
 const tensorIds = new WeakMap<tf.Tensor, number>();
@@ -143,6 +164,18 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
 
   const int8Arg = options.int8?.weights;
   if (int8Arg !== undefined && !(Number.isInteger(int8Arg) && int8Arg >= 0)) throw new Error(`jit: int8.weights must be an argument index, got ${int8Arg}`);
+  const keyArgs = new Set(options.keys ?? []);
+  for (const i of keyArgs) if (!(Number.isInteger(i) && i >= 0)) throw new Error(`jit: keys must be argument indexes, got ${i}`);
+  /** The signature of a call (its tensor leaves pushed to `leaves`); key arguments count only as given or not. */
+  const signatureOf = (args: unknown[], leaves: Leaf[]): string =>
+    `[${args
+      .map((a, i) => {
+        if (!keyArgs.has(i)) return flatten(a, leaves);
+        if (a === undefined) return 'u';
+        if (!isKey(a)) throw new Error(`jit: ${name}: argument ${i} must be a key (two uint32 words) or undefined, got ${JSON.stringify(a)}`);
+        return 'K';
+      })
+      .join(',')}]`;
   const weightLeaves = (args: unknown[]): Leaf[] => {
     const leaves: Leaf[] = [];
     if (int8Arg !== undefined) flatten(args[int8Arg], leaves);
@@ -153,6 +186,29 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
     const t0 = performance.now();
     const placeholders: Value[] = [];
     const int8Weights = new Map<number, WeightInput>();
+    const masks: DropoutSite[] = [];
+    const roots = new Map<string, number>();
+    for (const i of keyArgs) if (args[i] !== undefined) roots.set(keyString(args[i] as Key), i);
+    const parents = new Map<string, { parent: Key; step: KeyStep }>();
+    const keyTracing = {
+      derived(child: Key, parent: Key, step: KeyStep) {
+        const c = keyString(child);
+        if (!roots.has(c) && !parents.has(c)) parents.set(c, { parent, step });
+      },
+      mask(k: Key, rate: number, shape: readonly number[]): tf.Tensor {
+        const path: KeyStep[] = [];
+        let at = k;
+        while (!roots.has(keyString(at))) {
+          const p = parents.get(keyString(at));
+          if (!p) throw new Error(`jit: ${name}: dropout with a key not derived (foldIn, split) from a key argument (the keys option); it would be a constant of the graph`);
+          path.unshift(p.step);
+          at = p.parent;
+        }
+        const p = placeholder(shape, 'float32');
+        masks.push({ value: p.value, arg: roots.get(keyString(at))!, path, rate, shape: [...shape] });
+        return p.tensor;
+      },
+    };
     const { result, trace } = traced(() => {
       const made: tf.Tensor[] = [];
       const swapped = args.map((arg, index) =>
@@ -167,7 +223,8 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
       );
       try {
         const out = tf.tidy(() => {
-          const r = (fn as unknown as (...a: unknown[]) => unknown)(...swapped);
+          const run = () => (fn as unknown as (...a: unknown[]) => unknown)(...swapped);
+          const r = keyArgs.size > 0 ? withKeyTracing(keyTracing, run) : run();
           const kept: Leaf[] = [];
           flatten(r, kept);
           return { r, tensors: kept.map((l) => (l instanceof Named ? l.tensor : l)) } as unknown as tf.TensorContainer;
@@ -181,7 +238,7 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
     });
     traces++;
     const t1 = performance.now();
-    const converted = convert(trace, placeholders, result.outputs, name, { int8Weights });
+    const converted = convert(trace, [...placeholders, ...masks.map((m) => m.value)], result.outputs, name, { int8Weights });
     const session = createSession(converted.model, options.threads ?? onnxThreads(), { memArena: options.memArena, externalData: converted.externalData });
     stats.push({
       signature,
@@ -194,12 +251,12 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
       int8Bytes: converted.externalData.reduce((s, f) => s + f.data.length, 0),
     });
     const { inputNames, outputNames, externalData } = converted;
-    return { session, inputs: placeholders, inputNames, outputNames, template: result.template, outputs: result.outputs, externalData, weightsKey };
+    return { session, inputs: placeholders, inputNames, outputNames, template: result.template, outputs: result.outputs, externalData, weightsKey, masks };
   }
 
   const call = (...args: unknown[]): unknown => {
     const leaves: Leaf[] = [];
-    const signature = flatten(args, leaves);
+    const signature = signatureOf(args, leaves);
     const weightsKey = weightLeaves(args)
       .map((l) => tensorId(l instanceof Named ? l.tensor : l))
       .join(',');
@@ -219,6 +276,10 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
       const t = leaf instanceof Named ? leaf.tensor : leaf;
       // cpu backend: the tensor's own array (no copy); other backends copy it out once
       feeds[c!.inputNames[k]] = { type: ortType(t.dtype), data: hostArray(t), dims: t.shape };
+    });
+    c.masks.forEach((m, j) => {
+      const k = m.path.reduce(deriveKey, args[m.arg] as Key);
+      feeds[c!.inputNames[leaves.length + j]] = { type: 'float32', data: dropoutMask(k, m.rate, m.value.shape.reduce((a, b) => a * b, 1)), dims: m.shape };
     });
     const results = c.session.run(feeds, c.outputNames);
     let k = 0;

@@ -36,13 +36,49 @@ export function threefry2x32(k: Key, c0: number, c1: number): [number, number] {
   return [x0, x1];
 }
 
+/** How a key was derived from its parent: foldIn(parent, data) or split(parent, n)[index]. */
+export type KeyStep = { readonly fold: number } | { readonly split: number; readonly index: number };
+
+/**
+ * While d.jit traces a function with key arguments (its `keys` option): every derivation is reported, so the
+ * jit can replay a site's chain from each call's key, and a dropout mask becomes a graph input instead of a
+ * constant of the trace. Internal to jit.ts.
+ */
+export interface KeyTracing {
+  derived(child: Key, parent: Key, step: KeyStep): void;
+  /** The mask tensor (a graph input) for dropout of `shape` at `rate` with key k. */
+  mask(k: Key, rate: number, shape: readonly number[]): tf.Tensor;
+}
+
+let tracing: KeyTracing | undefined;
+
+/** Run `f` with key derivations and dropout masks reported to `t` (d.jit's trace). */
+export function withKeyTracing<T>(t: KeyTracing, f: () => T): T {
+  const previous = tracing;
+  tracing = t;
+  try {
+    return f();
+  } finally {
+    tracing = previous;
+  }
+}
+
 /** n new keys from one. */
 export function split(k: Key, n = 2): Key[] {
-  return Array.from({ length: n }, (_, i) => threefry2x32(k, 0, i) as Key);
+  const keys = Array.from({ length: n }, (_, i) => threefry2x32(k, 0, i) as Key);
+  if (tracing) keys.forEach((child, index) => tracing!.derived(child, k, { split: n, index }));
+  return keys;
 }
 
 /** A key for a sub-computation named by an integer (e.g. a layer index). */
-export const foldIn = (k: Key, data: number): Key => threefry2x32(k, 1, data >>> 0) as Key;
+export function foldIn(k: Key, data: number): Key {
+  const child = threefry2x32(k, 1, data >>> 0) as Key;
+  tracing?.derived(child, k, { fold: data });
+  return child;
+}
+
+/** The key that `step` derives from k. */
+export const deriveKey = (k: Key, step: KeyStep): Key => ('fold' in step ? foldIn(k, step.fold) : split(k, step.split)[step.index]);
 
 /** n uniform floats in [0, 1), 24 bits each. */
 export function uniformBits(k: Key, n: number): Float32Array {
@@ -62,11 +98,20 @@ export function uniformBits(k: Key, n: number): Float32Array {
 export function dropout<A extends Axes>(x: Named<A>, rate: number, k: Key | undefined): Named<A> {
   if (rate < 0 || rate >= 1) throw new Error(`dropout: rate must be in [0, 1), got ${rate}`);
   if (!k || rate === 0) return x;
-  const n = x.tensor.size;
+  if (tracing) {
+    const mask = tracing.mask(k, rate, x.shape);
+    return scoped(() => named(tf.mul(x.tensor, mask), x.axes));
+  }
+  const keep = dropoutMask(k, rate, x.tensor.size);
+  return scoped(() => named(tf.mul(x.tensor, tf.tensor(keep, x.shape as number[])), x.axes));
+}
+
+/** Dropout's multiplier per element: 1 / (1 - rate) where the uniform bits of k reach `rate`, else 0. */
+export function dropoutMask(k: Key, rate: number, n: number): Float32Array {
   const u = uniformBits(k, n);
   const keep = new Float32Array(n);
   const s = 1 / (1 - rate);
   for (let i = 0; i < n; i++) keep[i] = u[i] >= rate ? s : 0;
-  return scoped(() => named(tf.mul(x.tensor, tf.tensor(keep, x.shape as number[])), x.axes));
+  return keep;
 }
 

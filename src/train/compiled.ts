@@ -13,10 +13,12 @@
  * numbers (learning rate, bias corrections) come from its `split` (api.ts) as scalar tensors; an optimizer
  * without one is applied eagerly. In a trace the sample weights cannot be read, so every text position is
  * unembedded (loss.ts): the same sums (a zero weight adds 0), one graph per batch shape whatever the weights.
- * Dropout is not compiled (its masks are drawn from keys on the host): a key is refused here.
+ * Dropout compiles too: the step's key is a key argument of the graph (d.jit's `keys`), so each call draws
+ * the masks on the host from its own key, the same bits as eager dropout, and feeds them in.
  */
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
+import type { Key } from '../../dsl';
 import type { Jitted } from '../../dsl/jit';
 import type { PaliGemmaParams } from '../../models/paligemma';
 import type { LossReport, Optimizer, OptimizerSplit, OptimizerState, TrainBatch } from './api';
@@ -24,23 +26,32 @@ import { causalLmLoss, type LossOptions } from './loss';
 import type { Trainable } from './select';
 import { lossAndGrads } from './step';
 
-/** The static part of the loss options (numbers and flags: constants of the graph). */
-export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad'>;
+/** The loss options: numbers and flags (constants of the graph) and the dropout key (an input). */
+export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad' | 'key'>;
 
+type StaticLoss = Omit<CompiledLossOptions, 'key'>;
 /** Only the loss options a graph depends on (the signature; whatever else the caller's record holds stays out). */
-const staticLoss = (o: CompiledLossOptions): CompiledLossOptions => ({ chunk: o.chunk, compat: o.compat, tableGrad: o.tableGrad });
+const staticLoss = (o: CompiledLossOptions): StaticLoss => ({ chunk: o.chunk, compat: o.compat, tableGrad: o.tableGrad });
 
-function lossAndGradsPure(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions) {
-  const { report, grads } = lossAndGrads(params, trainable, batch, o);
+function lossAndGradsPure(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: StaticLoss, key: Key | undefined) {
+  const { report, grads } = lossAndGrads(params, trainable, batch, { ...o, key });
   return { ...report, grads };
 }
 
-const lossAndGradsJit = d.jit(lossAndGradsPure, { name: 'loss_and_grads' });
-const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions) => causalLmLoss(params, batch, { ...o, tableGrad: false }), { name: 'loss' });
+const lossAndGradsJit = d.jit(lossAndGradsPure, { name: 'loss_and_grads', keys: [4] });
+const lossJit = d.jit((params: PaliGemmaParams, batch: TrainBatch, o: StaticLoss) => causalLmLoss(params, batch, { ...o, tableGrad: false }), { name: 'loss' });
 
 // one graph per optimizer (its constants, e.g. betas and which leaves decay, are part of its `apply`)
 type UpdateFn = (params: Trainable, grads: Trainable, slots: OptimizerState['slots'], scalars: readonly tf.Scalar[]) => ReturnType<OptimizerSplit['apply']>;
-type StepFn = (params: PaliGemmaParams, trainable: Trainable, slots: OptimizerState['slots'], batch: TrainBatch, scalars: readonly tf.Scalar[], o: CompiledLossOptions) => {
+type StepFn = (
+  params: PaliGemmaParams,
+  trainable: Trainable,
+  slots: OptimizerState['slots'],
+  batch: TrainBatch,
+  scalars: readonly tf.Scalar[],
+  o: StaticLoss,
+  key: Key | undefined,
+) => {
   loss: tf.Scalar;
   correct: tf.Scalar;
   weight: tf.Scalar;
@@ -59,12 +70,12 @@ function updateJit(split: OptimizerSplit): Jitted<UpdateFn> {
 function stepJit(split: OptimizerSplit): Jitted<StepFn> {
   let f = steps.get(split);
   if (!f) {
-    const step: StepFn = (params, trainable, slots, batch, scalars, o) => {
-      const { loss, correct, weight, grads } = lossAndGradsPure(params, trainable, batch, o);
+    const step: StepFn = (params, trainable, slots, batch, scalars, o, key) => {
+      const { loss, correct, weight, grads } = lossAndGradsPure(params, trainable, batch, o, key);
       const next = split.apply(trainable, grads, slots, scalars);
       return { loss, correct, weight, trainable: next.params as Trainable, slots: next.slots };
     };
-    steps.set(split, (f = d.jit(step, { name: 'train_step' })));
+    steps.set(split, (f = d.jit(step, { name: 'train_step', keys: [6] })));
   }
   return f;
 }
@@ -107,7 +118,7 @@ export function trainStepCompiled(
       d.disposeTree(grads);
     }
   }
-  const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(o)));
+  const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(o), o.key));
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, trainable: out.trainable, state: { step: state.step + 1, slots: out.slots } };
 }
 
@@ -117,7 +128,7 @@ export function trainStepCompiled(
  * report and the gradients.
  */
 export function lossAndGradsCompiled(params: PaliGemmaParams, trainable: Trainable, batch: TrainBatch, o: CompiledLossOptions = {}): { report: LossReport; grads: Trainable } {
-  const out = lossAndGradsJit(params, trainable, batch, staticLoss(o));
+  const out = lossAndGradsJit(params, trainable, batch, staticLoss(o), o.key);
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, grads: out.grads };
 }
 
@@ -133,7 +144,7 @@ export function updateCompiled(optimizer: Optimizer, trainable: Trainable, grads
 }
 
 /** keras_hub's loss and accuracy counts of a batch (no gradient), compiled. The caller disposes the report. */
-export function lossCompiled(params: PaliGemmaParams, batch: TrainBatch, o: CompiledLossOptions = {}): LossReport {
+export function lossCompiled(params: PaliGemmaParams, batch: TrainBatch, o: StaticLoss = {}): LossReport {
   return lossJit(params, batch, staticLoss(o));
 }
 

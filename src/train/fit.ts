@@ -226,11 +226,10 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
     warn(`the config has dropout ${c.dropout} but no dropout key was given: training runs without dropout`);
   }
 
-  // on the onnx backend the steps run compiled (src/train/compiled.ts); dropout is not compiled, so a run with a dropout key stays eager, and says so
-  const compiled = compiledModels() && !dropoutKey;
+  // on the onnx backend the steps run compiled (src/train/compiled.ts), dropout included (its masks are inputs)
+  const compiled = compiledModels();
   // one micro-batch and no clipping: loss, gradients and update are one session run per step
   const fused = compiled && accumulate === 1 && options.clipNorm === undefined;
-  if (compiledModels() && dropoutKey) warn("dropout is not compiled: on the onnx backend a run with a dropout key computes each step eagerly on tfjs' cpu backend (slow); use wasm or webgpu, or no dropout key");
 
   // each batch shape is its own compiled graph (a trace and a session, kept for the process): 'longest' with
   // rows of many lengths compiles many, which a fixed sequenceLength avoids
@@ -336,12 +335,12 @@ export async function fit(params: PaliGemmaParams, data: Dataset, options: FitOp
         try {
           let report: LossReport;
           if (fused) {
-            const out = trainStepCompiled(p, trainable, state, x, { optimizer, learningRate: lr, chunk: options.lossChunk });
+            const out = trainStepCompiled(p, trainable, state, x, { optimizer, learningRate: lr, chunk: options.lossChunk, key });
             report = out.report;
             updated = { params: out.trainable, state: out.state };
           } else {
             const r = compiled
-              ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk })
+              ? lossAndGradsCompiled(p, trainable, x, { chunk: options.lossChunk, key })
               : lossAndGrads(p, trainable, x, { key, chunk: options.lossChunk, weights: host.sampleWeight });
             report = r.report;
             parts.push(r.grads as Record<string, Named>);
