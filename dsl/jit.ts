@@ -43,7 +43,7 @@ export interface JitOptions {
    * Int8 weights (onnx/int8.ts): the tensor leaves of argument `weights` are weights, and every 2-D
    * matMul reading one of them runs as an int8 MatMulNBits over a copy quantized when the session is
    * created. The session is then bound to those weights' values: the signature includes their identity
-   * (the tensor objects), and a call with other weights of the same shapes replaces the session.
+   * (the tensor objects), and a call with other weights releases the sessions compiled with the old ones.
    */
   readonly int8?: { readonly weights: number };
   /**
@@ -261,11 +261,14 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
       .map((l) => tensorId(l instanceof Named ? l.tensor : l))
       .join(',');
     let c = cache.get(signature);
-    if (c && c.weightsKey !== weightsKey) {
-      // other weights of the same shapes: the session holds a quantized copy of the old ones
-      c.session.release();
-      cache.delete(signature);
-      c = undefined;
+    if (weightsKey !== '' && [...cache.values()].some((o) => o.weightsKey !== weightsKey)) {
+      // other int8 weights: every session of this function holds a quantized copy of the old ones; one set at a time
+      for (const [sig, o] of cache) {
+        if (o.weightsKey === weightsKey) continue;
+        o.session.release();
+        cache.delete(sig);
+      }
+      c = cache.get(signature);
     }
     if (!c) {
       c = compile(args, signature, weightsKey);

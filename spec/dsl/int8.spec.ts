@@ -97,6 +97,17 @@ test.serial('jit int8: x.W and the tied-head form E.x^T equal the host emulation
   t.true(worst(doubled.y.tensor.dataSync(), expectY.map((v) => 2 * v)) < 1e-5, 'the new session computes with the new weights');
   t.is(f.stats.length, 2);
   tf.dispose(d.collectTensors(doubled));
+  // one set of weights at a time: another input shape with the new weights, then the old weights again
+  const x3 = d.named(tf.tensor(seeded(3 * k, 8), [3, k]), ['rows', 'embed'] as const);
+  tf.dispose(d.collectTensors(f({ w: w2, e }, x3)));
+  t.is(f.traces, 3, 'a new input shape');
+  tf.dispose(d.collectTensors(f({ w: w2, e }, x)));
+  t.is(f.traces, 3, 'both shapes compiled with the new weights are kept');
+  tf.dispose(d.collectTensors(f({ w, e }, x3)));
+  t.is(f.traces, 4, 'the old weights again: compiled again (their sessions were released)');
+  tf.dispose(d.collectTensors(f({ w, e }, x)));
+  t.is(f.traces, 5, 'the sessions of the new weights were released in turn');
+  x3.dispose();
   f.dispose();
   tf.dispose([w.tensor, w2.tensor, e.tensor, x.tensor]);
   t.is(tf.memory().numTensors, before - 3);
