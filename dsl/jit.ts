@@ -166,20 +166,24 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
   if (int8Arg !== undefined && !(Number.isInteger(int8Arg) && int8Arg >= 0)) throw new Error(`jit: int8.weights must be an argument index, got ${int8Arg}`);
   const keyArgs = new Set(options.keys ?? []);
   for (const i of keyArgs) if (!(Number.isInteger(i) && i >= 0)) throw new Error(`jit: keys must be argument indexes, got ${i}`);
-  /** The signature of a call (its tensor leaves pushed to `leaves`); key arguments count only as given or not. */
-  const signatureOf = (args: unknown[], leaves: Leaf[]): string =>
-    `[${args
-      .map((a, i) => {
-        if (!keyArgs.has(i)) return flatten(a, leaves);
-        if (a === undefined) return 'u';
-        if (!isKey(a)) throw new Error(`jit: ${name}: argument ${i} must be a key (two uint32 words) or undefined, got ${JSON.stringify(a)}`);
-        return 'K';
-      })
-      .join(',')}]`;
-  const weightLeaves = (args: unknown[]): Leaf[] => {
-    const leaves: Leaf[] = [];
-    if (int8Arg !== undefined) flatten(args[int8Arg], leaves);
-    return leaves;
+  /**
+   * The signature of a call, its tensor leaves (pushed to `leaves`) and the identity of its int8 weights (''
+   * without the option). Key arguments count only as given or not.
+   */
+  const signatureOf = (args: unknown[], leaves: Leaf[]): { signature: string; weightsKey: string } => {
+    let weightsKey = '';
+    const parts = args.map((a, i) => {
+      if (!keyArgs.has(i)) {
+        const first = leaves.length;
+        const part = flatten(a, leaves);
+        if (i === int8Arg) weightsKey = leaves.slice(first).map((l) => tensorId(l instanceof Named ? l.tensor : l)).join(',');
+        return part;
+      }
+      if (a === undefined) return 'u';
+      if (!isKey(a)) throw new Error(`jit: ${name}: argument ${i} must be a key (two uint32 words) or undefined, got ${JSON.stringify(a)}`);
+      return 'K';
+    });
+    return { signature: `[${parts.join(',')}]`, weightsKey };
   };
 
   function compile(args: unknown[], signature: string, weightsKey: string): Compiled {
@@ -256,10 +260,7 @@ export function jit<F extends (...args: never[]) => unknown>(fn: F, options: Jit
 
   const call = (...args: unknown[]): unknown => {
     const leaves: Leaf[] = [];
-    const signature = signatureOf(args, leaves);
-    const weightsKey = weightLeaves(args)
-      .map((l) => tensorId(l instanceof Named ? l.tensor : l))
-      .join(',');
+    const { signature, weightsKey } = signatureOf(args, leaves);
     let c = cache.get(signature);
     if (weightsKey !== '' && [...cache.values()].some((o) => o.weightsKey !== weightsKey)) {
       // other int8 weights: every session of this function holds a quantized copy of the old ones; one set at a time

@@ -40,8 +40,8 @@ export const onnxType = (dtype: tf.DataType): ElemTypeName => {
   throw new Error(`jit: dtype ${dtype} has no ONNX conversion`);
 };
 
-const ints = (value: readonly number[]): AttrValue => ({ kind: 'ints', value });
-const int = (value: number): AttrValue => ({ kind: 'int', value });
+export const ints = (value: readonly number[]): AttrValue => ({ kind: 'ints', value });
+export const int = (value: number): AttrValue => ({ kind: 'int', value });
 const toDtype = (dtype: tf.DataType): AttrValue => int({ float32: 1, int32: 6, bool: 9 }[dtype as 'float32'] ?? NaN);
 
 const first = (i: Inputs): Value => Object.values(i)[0];

@@ -7,9 +7,9 @@
  * `defineCommand` and add it to `commands`.
  */
 import { version as packageVersion } from '../../package.json';
-import { availableBackends, backendInfo, formatBytes, setBackend, type BackendInfo, type GpuAdapterReport } from '../runtime/backend';
+import { availableBackends, backendInfo, formatBytes, type BackendInfo, type GpuAdapterReport } from '../runtime/backend';
 import { tf } from '../../dsl/tf';
-import { consoleIo, defineCommand, sharedFlags, type Command, type Io } from './command';
+import { backendOf, consoleIo, defineCommand, sharedFlags, type Command, type Io } from './command';
 import { closestName, commandHelp, flagTable, parseCommandLine, table, UsageError } from './parse';
 import { modelCommands } from './commands';
 import { presetsCommand } from './presets';
@@ -74,7 +74,7 @@ const info = defineCommand({
     io.out(`  wasm    ${offer.wasm ? `yes (XNNPACK; ${offer.cores} cores here)` : 'no WebAssembly'}`);
     const webgpu = offer.webgpu;
     io.out(`  webgpu  ${typeof webgpu === 'string' ? `unavailable: ${webgpu.replace(/^webgpu: /, '')}` : adapterLine(webgpu)}`);
-    const chosen = await setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
+    const chosen = await backendOf(flags);
     io.out(backendLine(chosen));
     if (chosen.adapter != null) {
       const l = chosen.adapter.limits;

@@ -4,6 +4,7 @@
  * (strict: unknown flags, positionals and malformed numbers are usage errors, exit 2) and `--help` are
  * generated from this description, so a command never parses argv itself.
  */
+import { setBackend, type BackendInfo, type BackendRequest } from '../runtime/backend';
 
 export interface Io {
   out(line: string): void;
@@ -65,3 +66,7 @@ export const sharedFlags = {
   preset: { type: 'string', help: 'a built-in preset name, kaggle://..., hf://org/repo, or a directory', placeholder: 'name|dir' },
   'max-new-tokens': { type: 'integer', help: 'most tokens generated per prompt', default: 64, min: 1 },
 } as const satisfies Flags;
+
+/** The backend the shared flags ask for (threads, wasm's or onnx's, only when given: else the backend's default). */
+export const backendOf = (flags: { readonly backend: string; readonly threads?: number }): Promise<BackendInfo> =>
+  setBackend(flags.backend as BackendRequest, flags.threads !== undefined ? { threads: flags.threads } : {});

@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tf } from '../../dsl/tf';
 import * as d from '../../dsl';
-import { defineCommand, sharedFlags, type Command, type Io } from './command';
-import { compiledModels, setBackend, type BackendInfo, type BackendRequest } from '../runtime/backend';
+import { backendOf, defineCommand, sharedFlags, type Command, type Io } from './command';
+import { compiledModels } from '../runtime/backend';
 import { forwardCompiled } from '../generate/compiled';
 import { computeFixture, readManifest, writeComputed } from './fixture';
 import { fromPreset, resolvePreset, shippedPresetDir } from '../runtime/preset';
@@ -35,10 +35,6 @@ export const defaultPresetDir = (): string => shippedPresetDir(SHIPPED_PRESETS[0
 
 const presetFlag = { ...sharedFlags.preset, default: DEFAULT_PRESET } as const;
 const imageFlag = { type: 'string', help: "the picture (default: the default preset's own picture)", placeholder: 'png|jpg' } as const;
-
-/** The backend the flags ask for (threads, wasm's or onnx's, only when given: else the backend's default). */
-const backendOf = (flags: { backend: BackendRequest; threads: number | undefined }): Promise<BackendInfo> =>
-  setBackend(flags.backend, flags.threads !== undefined ? { threads: flags.threads } : {});
 
 // ---------------------------------------------------------------------------------------------------------
 // run-fixture

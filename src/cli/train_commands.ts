@@ -10,8 +10,7 @@
  */
 import * as path from 'node:path';
 import * as d from '../../dsl';
-import { defineCommand, sharedFlags, type Command, type Io } from './command';
-import { setBackend } from '../runtime/backend';
+import { backendOf, defineCommand, sharedFlags, type Command, type Io } from './command';
 import { loadCausalLM } from '../generate/causal_lm';
 import { saveCausalLM } from '../generate/save';
 import { readJsonl } from '../train/data';
@@ -68,7 +67,7 @@ export const fineTuneCommand = defineCommand({
     if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
     const data = readJsonl(f.data);
     const held = f.eval !== undefined ? readJsonl(f.eval) : undefined;
-    const info = await setBackend(f.backend as never, f.threads !== undefined ? { threads: f.threads } : {});
+    const info = await backendOf(f);
     const preset = f.preset;
     const lm = loadCausalLM(preset);
     const seed = d.key(f.seed);
@@ -146,7 +145,7 @@ export const evalCommand = defineCommand({
   async run(f, _positionals, io) {
     if (f.data === undefined) throw new Error('missing --data <eval.jsonl>');
     const data = readJsonl(f.data);
-    await setBackend(f.backend as never, f.threads !== undefined ? { threads: f.threads } : {});
+    await backendOf(f);
     const lm = loadCausalLM(f.preset);
     try {
       const report = await evaluate(lm, data, { batchSize: f['batch-size'], maxNewTokens: f['max-new-tokens'], loss: false, quantize: f.int8 ? 'int8' : undefined });

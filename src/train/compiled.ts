@@ -24,7 +24,7 @@ import type { PaliGemmaParams } from '../../models/paligemma';
 import type { LossReport, Optimizer, OptimizerSplit, OptimizerState, TrainBatch } from './api';
 import { causalLmLoss, type LossOptions } from './loss';
 import type { Trainable } from './select';
-import { lossAndGrads } from './step';
+import { lossAndGrads, updateWith } from './step';
 
 /** The loss options: numbers and flags (constants of the graph) and the dropout key (an input). */
 export type CompiledLossOptions = Pick<LossOptions, 'chunk' | 'compat' | 'tableGrad' | 'key'>;
@@ -109,15 +109,7 @@ export function trainStepCompiled(
   o: CompiledStepOptions,
 ): { report: LossReport; trainable: Trainable; state: OptimizerState } {
   const split = o.optimizer.split;
-  if (!split) {
-    const { report, grads } = lossAndGradsCompiled(params, trainable, batch, o);
-    try {
-      const next = o.optimizer.update(trainable, grads, state, o.learningRate);
-      return { report, trainable: next.params as Trainable, state: next.state };
-    } finally {
-      d.disposeTree(grads);
-    }
-  }
+  if (!split) return updateWith(lossAndGradsCompiled(params, trainable, batch, o), trainable, state, o);
   const out = withScalars(split, state, o.learningRate, (scalars) => stepJit(split)(params, trainable, state.slots, batch, scalars, staticLoss(o), o.key));
   return { report: { loss: out.loss, correct: out.correct, weight: out.weight }, trainable: out.trainable, state: { step: state.step + 1, slots: out.slots } };
 }

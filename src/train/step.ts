@@ -42,7 +42,16 @@ export function trainStep(
   batch: TrainBatch,
   o: StepOptions,
 ): { report: LossReport; trainable: Trainable; state: OptimizerState } {
-  const { grads, report } = lossAndGrads(params, trainable, batch, o);
+  return updateWith(lossAndGrads(params, trainable, batch, o), trainable, state, o);
+}
+
+/** The optimizer update from a loss-and-gradients result (eager or compiled); the gradients are disposed. */
+export function updateWith(
+  { report, grads }: { report: LossReport; grads: Trainable },
+  trainable: Trainable,
+  state: OptimizerState,
+  o: Pick<StepOptions, 'optimizer' | 'learningRate'>,
+): { report: LossReport; trainable: Trainable; state: OptimizerState } {
   try {
     const next = o.optimizer.update(trainable, grads, state, o.learningRate);
     return { report, trainable: next.params as Trainable, state: next.state };
